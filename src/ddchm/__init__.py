@@ -1,0 +1,1 @@
+"""ddchm: the DDC Helmholtz machine."""

@@ -1,0 +1,246 @@
+"""Exact inference in chains whose latent layers are all Bernoulli (small enough to enumerate).
+
+The chain structure keeps this cheap: with C_l = 2^{D_l} configurations of layer l, the tables are
+
+    factor_0[n, c_1]           = log p(x_n | z_1 = c_1)              (N x C_1, chunked over N)
+    factor_l[c_l, c_{l+1}]     = log p(z_l = c_l | z_{l+1} = c_{l+1})  (C_l x C_{l+1})
+    factor_L[c_L]              = log p(z_L = c_L)
+
+The prior marginals log p(z_l) follow top-down; given z_l, z_{l+1} is independent of x, so the
+posterior is p(z_1 | x) times data-independent transitions p(z_{l+1} | z_l) = p(z_l | z_{l+1})
+p(z_{l+1}) / p(z_l). Every exact quantity below is built from these tables; memory is bounded by
+``max_table`` entries per chunk, never by N x prod_l C_l.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+
+from ddchm.models.hierarchical import HierarchicalModel
+from ddchm.validation import make_generator
+
+
+def enumerate_binary(dim: int, dtype=None, device=None) -> torch.Tensor:
+    """All 2^dim binary vectors as a (2^dim, dim) tensor, first unit most significant."""
+    codes = torch.arange(2**dim, device=device)
+    bits = 2 ** torch.arange(dim - 1, -1, -1, device=device)
+    return ((codes.unsqueeze(1) & bits) > 0).to(dtype or torch.get_default_dtype())
+
+
+class ExactInference:
+    """Exact log p(x), posteriors, posterior expectations and the expected gradient.
+
+    Args:
+        model: a chain whose latent layers are Bernoulli (the observation layer may be any family).
+        max_configs: refuse layers with more configurations than this (2^20 by default).
+        max_table: entries per chunk of the N x C_1 table (bounds memory).
+    """
+
+    def __init__(self, model: HierarchicalModel, max_configs: int = 2**20, max_table: int = 2**22):
+        for l in range(1, len(model.layers)):
+            layer = model.layers[l]
+            if not layer.discrete:
+                raise ValueError(
+                    f"model: exact inference enumerates latent layers, but z{l} is a "
+                    f"{layer.family} layer; use importance sampling or AIS (ddchm.evaluate)"
+                )
+            if 2**layer.dim > max_configs:
+                raise ValueError(
+                    f"model: z{l} has 2^{layer.dim} configurations, more than max_configs="
+                    f"{max_configs}; exact inference is for small models"
+                )
+        self.model = model
+        self.max_table = max_table
+        reference = next(model.parameters())
+        self.configs = [None] + [
+            enumerate_binary(model.layers[l].dim, reference.dtype, reference.device)
+            for l in range(1, len(model.layers))
+        ]
+
+    @property
+    def n_latent_layers(self) -> int:
+        return self.model.n_latent_layers
+
+    # --- tables ------------------------------------------------------------------------------
+    def _latent_factors(self) -> list[torch.Tensor]:
+        """[None, factor_1 (C_1 x C_2), ..., factor_L (C_L)]; differentiable in theta."""
+        layers, configs, L = self.model.layers, self.configs, self.n_latent_layers
+        factors = [None]
+        for l in range(1, L):
+            factors.append(_pair_log_prob(layers[l], configs[l], configs[l + 1]))
+        factors.append(layers[L].log_prob(configs[L]))
+        return factors
+
+    def _observation_factor(self, x: torch.Tensor) -> torch.Tensor:
+        """factor_0[n, c_1] = log p(x_n | z_1 = c_1), (N x C_1); differentiable in theta."""
+        return _pair_log_prob(self.model.layers[0], x, self.configs[1])
+
+    @staticmethod
+    def _prior_marginals(factors) -> list[torch.Tensor]:
+        """[None, log p(z_1), ..., log p(z_L)] over configurations, top-down."""
+        L = len(factors) - 1
+        marginals = [None] * (L + 1)
+        marginals[L] = factors[L]
+        for l in range(L - 1, 0, -1):
+            marginals[l] = torch.logsumexp(factors[l] + marginals[l + 1].unsqueeze(0), dim=1)
+        return marginals
+
+    def _chunks(self, n: int):
+        size = max(1, self.max_table // self.configs[1].shape[0])
+        for start in range(0, n, size):
+            yield slice(start, min(n, start + size))
+
+    # --- public API --------------------------------------------------------------------------
+    def log_marginal(self, x) -> torch.Tensor:
+        """Exact log p(x_n) for every row, shape (N,). Differentiable in theta."""
+        x = self.model.check_data(x)
+        marginals = self._prior_marginals(self._latent_factors())
+        out = [
+            torch.logsumexp(self._observation_factor(x[rows]) + marginals[1], dim=1)
+            for rows in self._chunks(x.shape[0])
+        ]
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def transitions(self) -> list[torch.Tensor]:
+        """[None, p(z_2 | z_1), ..., p(z_L | z_{L-1})] as (C_l x C_{l+1}) row-stochastic tables.
+
+        Given z_l these are also the posterior transitions, whatever x is (Markov chain)."""
+        factors = self._latent_factors()
+        marginals = self._prior_marginals(factors)
+        out = [None]
+        for l in range(1, self.n_latent_layers):
+            log_t = factors[l] + marginals[l + 1].unsqueeze(0) - marginals[l].unsqueeze(1)
+            out.append(log_t.exp())
+        return out
+
+    @torch.no_grad()
+    def layer_posteriors(self, x) -> list[torch.Tensor]:
+        """[None, p(z_1 | x), ..., p(z_L | x)] as (N x C_l) tables over ``self.configs[l]``."""
+        x = self.model.check_data(x)
+        factors = self._latent_factors()
+        marginals = self._prior_marginals(factors)
+        q1 = torch.cat(
+            [
+                torch.softmax(self._observation_factor(x[rows]) + marginals[1], dim=1)
+                for rows in self._chunks(x.shape[0])
+            ]
+        )
+        posteriors = [None, q1]
+        for transition in self.transitions()[1:]:
+            posteriors.append(posteriors[-1] @ transition)
+        return posteriors
+
+    @torch.no_grad()
+    def expectation(self, x, fn: Callable[[torch.Tensor], torch.Tensor], layer: int):
+        """E[fn(z_layer) | x_n] for each n; ``fn`` maps (C, D_layer) configs to (C, P)."""
+        if not 1 <= layer <= self.n_latent_layers:
+            raise ValueError(f"layer: expected 1..{self.n_latent_layers}, got {layer}")
+        values = fn(self.configs[layer])
+        return self.layer_posteriors(x)[layer] @ values.reshape(values.shape[0], -1)
+
+    def posterior_means(self, x) -> list[torch.Tensor]:
+        """[E[z_1 | x], ..., E[z_L | x]], each (N x D_l)."""
+        posteriors = self.layer_posteriors(x)
+        return [posteriors[l] @ self.configs[l] for l in range(1, self.n_latent_layers + 1)]
+
+    @torch.no_grad()
+    def joint_expectation(self, x, fn: Callable[..., torch.Tensor], max_joint: int = 2**20):
+        """E[fn(z_1, ..., z_L) | x_n] over the full joint (small models only).
+
+        ``fn`` takes L tensors of shape (M, D_l), one row per joint configuration, and returns
+        (M, P). Configurations are streamed in blocks of the top layers, so memory stays bounded.
+        """
+        x = self.model.check_data(x)
+        posteriors = self.layer_posteriors(x)
+        transitions = self.transitions()
+        sizes = [c.shape[0] for c in self.configs[1:]]
+        total = 1
+        for s in sizes:
+            total *= s
+        if total > max_joint:
+            raise ValueError(f"joint_expectation: {total} joint configurations > max_joint")
+        grids = torch.cartesian_prod(*[torch.arange(s) for s in sizes]).reshape(total, -1)
+        # p(z_1..z_L | x) = p(z_1 | x) prod_l p(z_{l+1} | z_l)
+        weights = posteriors[1][:, grids[:, 0]]
+        for l in range(1, self.n_latent_layers):
+            weights = weights * transitions[l][grids[:, l - 1], grids[:, l]]
+        values = fn(*[self.configs[l + 1][grids[:, l]] for l in range(self.n_latent_layers)])
+        return weights @ values.reshape(total, -1)
+
+    def expected_gradient_objective(self, x) -> torch.Tensor:
+        """A scalar whose theta-gradient is mean_n E_{p(z|x_n)}[grad log p(x_n, z)].
+
+        The posterior weights are constants (computed without gradient), so autograd of this
+        returns the exact expected gradient (Fisher's identity: it equals grad mean_n log p(x_n)).
+        """
+        x = self.model.check_data(x)
+        posteriors = self.layer_posteriors(x)
+        transitions = self.transitions()
+        factors = self._latent_factors()
+        objective = (
+            sum(
+                (posteriors[1][rows] * self._observation_factor(x[rows])).sum()
+                for rows in self._chunks(x.shape[0])
+            )
+            / x.shape[0]
+        )
+        for l in range(1, self.n_latent_layers):
+            pair = posteriors[l].mean(0).unsqueeze(1) * transitions[l]  # mean_n p(z_l, z_{l+1}|x_n)
+            objective = objective + (pair * factors[l]).sum()
+        L = self.n_latent_layers
+        return objective + (posteriors[L].mean(0) * factors[L]).sum()
+
+    def expected_gradient(self, x) -> dict[str, torch.Tensor]:
+        """Exact mean_n E_{p(z|x_n)}[grad_theta log p(x_n, z)], keyed by parameter name."""
+        names, params = zip(*self.model.named_parameters())
+        grads = torch.autograd.grad(self.expected_gradient_objective(x), params, allow_unused=True)
+        return {
+            name: (g if g is not None else torch.zeros_like(p))
+            for name, p, g in zip(names, params, grads)
+        }
+
+    @torch.no_grad()
+    def sample_posterior(self, x, n_samples: int = 1, generator=None) -> list[torch.Tensor]:
+        """Exact posterior samples [z_1, ..., z_L], each (N * n_samples, D_l), rows grouped by x."""
+        generator = make_generator(generator, device=self.configs[1].device)
+        posteriors = self.layer_posteriors(x)
+        transitions = self.transitions()
+        index = torch.multinomial(posteriors[1], n_samples, replacement=True, generator=generator)
+        index = index.reshape(-1)
+        samples = [self.configs[1][index]]
+        for l in range(1, self.n_latent_layers):
+            index = torch.multinomial(transitions[l][index], 1, generator=generator).squeeze(1)
+            samples.append(self.configs[l + 1][index])
+        return samples
+
+
+def _pair_log_prob(layer, values: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+    """log p(values_i | parents_j) for all pairs, (len(values) x len(parents)).
+
+    Uses the exponential-family form S(v)^T eta(p) - Phi(eta(p)) + log h(v): one matrix product.
+    """
+    eta = layer.natural_params(parents)
+    stats = layer.sufficient_stats(values)
+    return (
+        stats @ eta.T
+        - layer.log_partition(eta).unsqueeze(0)
+        + layer.log_base_measure(values).unsqueeze(1)
+    )
+
+
+def brute_force_log_marginal(model: HierarchicalModel, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) by summing log_joint over every joint configuration (for tests; tiny models)."""
+    dims = [model.layers[l].dim for l in range(1, len(model.layers))]
+    terms = []
+    for bits in itertools.product([0.0, 1.0], repeat=sum(dims)):
+        latents, start = [], 0
+        for d in dims:
+            z = torch.tensor(bits[start : start + d], dtype=x.dtype).expand(x.shape[0], d)
+            latents.append(z)
+            start += d
+        terms.append(model.log_joint(x, latents, validate=False))
+    return torch.logsumexp(torch.stack(terms), dim=0)

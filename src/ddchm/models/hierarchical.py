@@ -1,7 +1,8 @@
 """A chain of exponential-family layers: p(x, z_1..z_L) = p(z_L) prod_l p(z_l | z_{l+1}) p(x | z_1).
 
 Numbering follows the spec: z_0 = x, ``model.layers[l]`` is p(z_l | z_{l+1}) and
-``model.layers[L]`` is the prior p(z_L). Samples are lists in the same order, ``[x, z_1, ..., z_L]``.
+``model.layers[L]`` is the prior p(z_L). Samples are lists in the same order,
+``[x, z_1, ..., z_L]``.
 The constructor takes the layers top to bottom, the order in which the model generates.
 """
 

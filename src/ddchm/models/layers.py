@@ -5,7 +5,8 @@ Every layer is a conditional density in exponential-family form
     p(z | parent) = h(z) exp( g(parent; theta)^T S(z) - Phi(g(parent; theta)) )
 
 and exposes each piece separately, because the DDC machine needs them separately: the wake
-gradient of section 7 is autograd of ``sum_s w_s g(parent_s)^T S(z_s) - sum_s w'_s Phi(g(parent_s))``.
+gradient of section 7 is autograd of
+``sum_s w_s g(parent_s)^T S(z_s) - sum_s w'_s Phi(g(parent_s))``.
 
 Shapes: values and parents are ``(N, units)``; natural parameters and sufficient statistics are
 ``(N, n_stats)``; log-partition, log-base-measure and log-prob are ``(N,)`` (summed over units).
@@ -173,7 +174,8 @@ class Bernoulli(_LinearLink):
 class Gaussian(_LinearLink):
     """Gaussian with mean W z + b and a learned diagonal variance. S(z) = (z, z^2).
 
-    Natural parameters (m / s^2, -1 / (2 s^2)); log-partition m^2 / (2 s^2) + log s; h = (2 pi)^(-1/2).
+    Natural parameters (m / s^2, -1 / (2 s^2)); log-partition m^2 / (2 s^2) + log s;
+    h = (2 pi)^(-1/2).
     """
 
     family = "gaussian"

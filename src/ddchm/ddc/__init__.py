@@ -1,0 +1,18 @@
+"""The DDC Helmholtz machine: encodings, recognition, sleep regressions, wake gradients."""
+
+from ddchm.ddc.encodings import RandomEncoding, make_encodings
+from ddchm.ddc.machine import DDCHelmholtzMachine
+from ddchm.ddc.recognition import NetworkRecognition, RidgeRecognition
+from ddchm.ddc.wake import RidgeSolver, explicit_wake_gradient, wake_gradient, wake_objective
+
+__all__ = [
+    "DDCHelmholtzMachine",
+    "NetworkRecognition",
+    "RandomEncoding",
+    "RidgeRecognition",
+    "RidgeSolver",
+    "explicit_wake_gradient",
+    "make_encodings",
+    "wake_gradient",
+    "wake_objective",
+]

@@ -1,0 +1,208 @@
+"""Command line: ``ddchm train | evaluate | sample | data``.
+
+ddchm train [CONFIG] [--out DIR] [--steps N] [--seed S] [--device D]
+ddchm evaluate RUN_DIR
+ddchm sample MODEL -n N --seed S -o FILE      MODEL: a synthetic truth or a run directory
+ddchm data list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def cmd_train(args) -> int:
+    from ddchm.experiment import load_config, run
+
+    overrides = {}
+    if args.steps is not None:
+        overrides.setdefault("train", {})["steps"] = args.steps
+    if args.seed is not None:
+        overrides.setdefault("train", {})["seed"] = args.seed
+    if args.device is not None:
+        overrides.setdefault("train", {})["device"] = args.device
+    config = load_config(args.config, overrides)
+    out = args.out
+    if out is None:
+        name = Path(args.config).stem if args.config else "default"
+        out = Path("runs") / f"{name}-{config['algorithm']['name']}-seed{config['train']['seed']}"
+    print(
+        f"ddchm train: {config['algorithm']['name']} on {_describe_data(config['data'])}, "
+        f"{config['train']['steps']} steps -> {out}"
+    )
+    result = run(config, out_dir=out, progress=not args.no_progress)
+    print(_summary(result))
+    return 0
+
+
+def _describe_data(section: dict) -> str:
+    if section["source"] == "synthetic":
+        return f"synthetic truth '{section['name']}' ({section['n_train']} training points)"
+    return f"{section['source']} data"
+
+
+def _summary(result: dict) -> str:
+    final, model = result["final"], result["model"]
+    lines = [f"learned model: {model.describe()}"]
+    records = [r for r in result["records"] if "test_nll" in r]
+    if records:
+        first, last = records[0], records[-1]
+        lines.append(
+            f"exact test NLL: {first['test_nll']:.4f} -> {last['test_nll']:.4f} nats "
+            f"(step {first['step']} -> {last['step']})"
+        )
+    if "nll_gap" in final:
+        lines.append(
+            f"exact NLL gap to the true model: {final['nll_gap']:.4f} nats per data point "
+            f"(true model: {result['truth_nll']:.4f})"
+        )
+    if "posterior_mae" in final:
+        lines.append(
+            f"posterior accuracy: mean |E_q[z|x] - E_exact[z|x]| = "
+            f"{final['posterior_mae']:.4f} over units and test points"
+        )
+    if "time" in final:
+        lines.append(f"training time: {final['time']:.1f} s for {final['step']} steps")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from ddchm.train import CHECKPOINT, load_checkpoint, read_metrics
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / CHECKPOINT).exists():
+        raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT} here; is it a ddchm run directory?")
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    records = read_metrics(run_dir)
+    evaluated = [r for r in records if "test_nll" in r or "posterior_mae" in r]
+    summary = {
+        "run": str(run_dir),
+        "algorithm": state.get("algorithm_name"),
+        "step": state["step"],
+        "elapsed_s": round(state.get("elapsed", 0.0), 2),
+        **(
+            {k: v for k, v in evaluated[-1].items() if k not in ("step", "time")}
+            if evaluated
+            else {}
+        ),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load_model(name: str):
+    """A synthetic truth by name, or the model of a run directory / checkpoint file."""
+    from ddchm.data import TRUTHS, make_truth
+
+    if name in TRUTHS:
+        return make_truth(name).model
+    path = Path(name)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise ValueError(
+            f"MODEL: {name!r} is neither a synthetic truth ({', '.join(sorted(TRUTHS))}) "
+            "nor a run directory or checkpoint"
+        )
+    from ddchm.models import HierarchicalModel
+    from ddchm.train import load_checkpoint
+
+    state = load_checkpoint(path)
+    model = HierarchicalModel.from_config(state["model_config"])
+    model.load_state_dict(state["model"])
+    return model
+
+
+def cmd_sample(args) -> int:
+    model = _load_model(args.model)
+    samples = model.sample(args.n, generator=args.seed)
+    arrays = {"x": samples[0].cpu().numpy()}
+    arrays.update({f"z{l}": z.cpu().numpy() for l, z in enumerate(samples[1:], start=1)})
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, arrays["x"])
+    elif out.suffix == ".npz":
+        np.savez(out, **arrays)
+    elif out.suffix == ".csv":
+        np.savetxt(out, arrays["x"], delimiter=",", fmt="%.6g")
+    else:
+        raise ValueError(f"-o/--output: {out}: expected a .npy, .npz or .csv file name")
+    print(f"wrote {args.n} samples of {model.describe()} to {out}")
+    return 0
+
+
+def cmd_data_list(args) -> int:
+    from ddchm.data import TRUTHS, make_truth
+
+    print("synthetic ground truths (ddchm sample NAME ...):")
+    for name in TRUTHS:
+        truth = make_truth(name)
+        tag = "exact likelihood" if truth.enumerable else "no exact likelihood"
+        print(f"  {name:14s} {truth.description} [{tag}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddchm", description="The DDC Helmholtz machine and its baselines."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from a TOML config (default: the embedded main job)")
+    p.add_argument("config", nargs="?", default=None, help="TOML config (default: embedded)")
+    p.add_argument("--out", default=None, help="run directory (resumes if it has a checkpoint)")
+    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="summarise a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="draw samples from a truth or a trained model")
+    p.add_argument("model", help="synthetic truth name or run directory")
+    p.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help=".npy (x), .npz (every layer) or .csv")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("data", help="data sets")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("list", help="list the synthetic ground truths")
+    q.set_defaults(func=cmd_data_list)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+        print(f"ddchm: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "ddchm: interrupted; the run's checkpoint is saved, run again to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

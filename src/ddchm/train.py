@@ -99,13 +99,15 @@ def train(
     eval_every: int = 500,
     progress: bool = True,
     extra_state: dict | None = None,
+    max_seconds: float | None = None,
 ) -> list[dict]:
     """Run ``algorithm.step`` for ``steps`` minibatches of ``data``; returns the logged records.
 
     ``evaluate()`` (optional) is called every ``eval_every`` steps and at the end; its figures
     join the log, and its time is not counted as training time. With ``out_dir`` the run is
     checkpointed every ``checkpoint_every`` steps, on SIGTERM/Ctrl-C, and at the end, and
-    resumes from an existing checkpoint there.
+    resumes from an existing checkpoint there. ``max_seconds`` stops after that much training
+    time (for comparisons at a matched wall-clock budget).
     """
     steps = check_positive_int(steps, "steps", minimum=0)
     model = algorithm.model
@@ -167,6 +169,8 @@ def train(
         if start_step == 0 and evaluate is not None:
             log({"step": 0, "time": 0.0, **evaluate()})
         while step < steps and not interrupted:
+            if max_seconds is not None and elapsed >= max_seconds:
+                break
             tic = time.perf_counter()
             metrics = algorithm.step(batches.next())
             elapsed += time.perf_counter() - tic
@@ -179,9 +183,11 @@ def train(
                     "rate or check the data. The last checkpoint is intact."
                 )
             record = None
-            if step % log_every == 0 or step == steps:
+            out_of_time = max_seconds is not None and elapsed >= max_seconds
+            last = step == steps or out_of_time
+            if step % log_every == 0 or last:
                 record = {"step": step, "time": round(elapsed, 4), **metrics}
-            if evaluate is not None and (step % eval_every == 0 or step == steps):
+            if evaluate is not None and (step % eval_every == 0 or last):
                 record = {"step": step, "time": round(elapsed, 4), **metrics, **evaluate()}
             if record is not None:
                 log(record)

@@ -1,0 +1,136 @@
+"""How accurate is each algorithm's learning signal? (spec section 9; issues 3 and 4)
+
+At a model that is not the truth (the truth with N(0, 0.5^2) added to every parameter), on 300
+data points from the truth, compare with the exact gradient of mean log p(x) over all parameters:
+
+- DDC wake gradient with oracle encodings r = exact E[T|x] (the representation's own error);
+- DDC wake gradient with the learned recogniser, trained with theta fixed for a stated budget;
+- every baseline's expected theta-update, its own recognition trained with theta fixed
+  (``--algorithms``; averaged over many draws).
+
+Models (spec s. 9): easy = sbn-easy (4-10-30, weights sd 2), hard = sbn-hard (4-10-8, sd 3).
+Usage: python benchmarks/gradient_accuracy.py [--quick] [--algorithms ws,rws,vimco]
+The last line of output is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from ddchm.data import make_truth
+from ddchm.ddc import DDCHelmholtzMachine, RidgeSolver, wake_gradient
+from ddchm.evaluate.gradients import compare_gradients, oracle_encodings, perturbed_model
+from ddchm.models import ExactInference
+
+MODELS = {"easy": "sbn-easy", "hard": "sbn-hard"}
+
+
+def ddc_cosines(truth_name, args):
+    truth = make_truth(truth_name)
+    x = truth.splits(args.points, 0, 0, seed=7)["train"]
+    model = perturbed_model(truth.model, 0.5, seed=1)
+    exact = ExactInference(model)
+    target = exact.expected_gradient(x)
+    out = {}
+    # (a) oracle encodings: the gradient maps' own error
+    ddc = DDCHelmholtzMachine(model, n_features=[200, 50], ridge=args.oracle_ridge, generator=2)
+    dreams = ddc.dream(args.map_samples)
+    solvers = [None] + [RidgeSolver(f, args.oracle_ridge) for f in ddc.encode(dreams[1:])]
+    r = [None] + oracle_encodings(exact, ddc.encodings, x)
+    out["oracle"] = compare_gradients(wake_gradient(model, dreams, solvers, r, x), target)
+    # (b) learned recogniser, theta fixed; float32 as in training
+    model32 = perturbed_model(truth.model, 0.5, seed=1).float()
+    for label, whiten in (("learned", True), ("learned_unwhitened", False)):
+        ddc = DDCHelmholtzMachine(
+            model32,
+            n_features=[200, 50],
+            sleep_samples=1000,
+            ridge=args.ridge,
+            whiten=whiten,
+            hidden=(200,),
+            recognition_lr=2e-3,
+            recognition_lr_final=2e-5,
+            recognition_decay_steps=args.recognition_steps,
+            generator=3,
+        )
+        tic = time.perf_counter()
+        ddc.fit_recognition(args.recognition_steps)
+        seconds = time.perf_counter() - tic
+        dreams = ddc.dream(args.map_samples)
+        solvers = [None] + [RidgeSolver(f, args.ridge) for f in ddc.encode(dreams[1:])]
+        r = [None] + ddc.expected_encodings(x.float())
+        estimate = wake_gradient(model32, dreams, solvers, r, x.float())
+        out[label] = {**compare_gradients(estimate, target), "fit_seconds": round(seconds, 1)}
+    return out, model, exact, x, target
+
+
+def baseline_cosines(model, x, target, names, args):
+    from ddchm.algorithms.update_estimate import expected_theta_update
+    from ddchm.experiment import algorithm_class
+
+    out = {}
+    for name in names:
+        cls = algorithm_class(name)
+        kwargs = {"num_particles": args.particles} if name in ("rws", "vimco") else {}
+        algorithm = cls(model, generator=4, **kwargs)
+        tic = time.perf_counter()
+        algorithm.fit_recognition(args.recognition_steps)
+        update = expected_theta_update(algorithm, x, args.draws)
+        out[name] = {
+            **compare_gradients(update, target),
+            "seconds": round(time.perf_counter() - tic, 1),
+        }
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small budgets (smoke test)")
+    parser.add_argument("--algorithms", default="", help="baselines, e.g. ws,rws,vimco")
+    parser.add_argument("--points", type=int, default=300)
+    parser.add_argument("--map-samples", type=int, default=50_000)
+    parser.add_argument("--recognition-steps", type=int, default=6000)
+    parser.add_argument("--ridge", type=float, default=1e-3)
+    parser.add_argument("--oracle-ridge", type=float, default=1e-6)
+    parser.add_argument("--particles", type=int, default=10)
+    parser.add_argument("--draws", type=int, default=200)
+    args = parser.parse_args()
+    if args.quick:
+        args.map_samples, args.recognition_steps, args.draws = 10_000, 500, 20
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = {
+        "oracle_cosine": {},
+        "oracle_rel_error": {},
+        "learned_cosine": {},
+        "learned_rel_error": {},
+        "learned_unwhitened_cosine": {},
+        "update_cosine": {},
+    }
+    names = [n for n in args.algorithms.split(",") if n]
+    for key, truth_name in MODELS.items():
+        ddc, model, exact, x, target = ddc_cosines(truth_name, args)
+        result["oracle_cosine"][key] = round(ddc["oracle"]["cosine"], 4)
+        result["oracle_rel_error"][key] = round(ddc["oracle"]["rel_error"], 4)
+        result["learned_cosine"][key] = round(ddc["learned"]["cosine"], 4)
+        result["learned_rel_error"][key] = round(ddc["learned"]["rel_error"], 4)
+        result["learned_unwhitened_cosine"][key] = round(ddc["learned_unwhitened"]["cosine"], 4)
+        update = {"ddc": round(ddc["learned"]["cosine"], 4)}
+        for name, values in baseline_cosines(model.float(), x.float(), target, names, args).items():
+            update[name] = round(values["cosine"], 4)
+        result["update_cosine"][key] = update
+        print(f"{key}: {json.dumps(ddc)}", flush=True)
+        print(f"{key}: update cosines {update}", flush=True)
+    result["settings"] = {k: v for k, v in vars(args).items()}
+    result["machine"] = (
+        f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

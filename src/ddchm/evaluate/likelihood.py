@@ -220,3 +220,32 @@ class ExactPosteriorProposal:
             index = nxt
             latents.append(configs[l + 1][index])
         return latents, log_q
+
+
+def fit_proposal(
+    model,
+    n_steps: int = 2000,
+    sleep_samples: int = 1000,
+    hidden=(200,),
+    recognition_lr: float = 1e-3,
+    generator=0,
+):
+    """An importance-sampling proposal for a model learned without a density q (DDC-HM).
+
+    DDC-HM's recogniser outputs expected encodings, not a density, so it cannot weight
+    particles. We fit a bottom-up recognition density q(z_1|x) q(z_2|z_1)... to the trained
+    model by the sleep phase of wake-sleep (maximise log q(z|x) on dreams (x, z) ~ p_theta, theta
+    fixed): any q with full support gives an unbiased estimate of p(x); the better it fits, the
+    fewer particles are needed. Returns the recognition model (it has ``sample_with_log_prob``).
+    """
+    from ddchm.algorithms.wake_sleep import WakeSleep
+
+    sleeper = WakeSleep(
+        model,
+        hidden=hidden,
+        recognition_lr=recognition_lr,
+        sleep_samples=sleep_samples,
+        generator=generator,
+    )
+    sleeper.fit_recognition(n_steps)
+    return sleeper.recognition

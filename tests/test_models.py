@@ -196,7 +196,7 @@ def test_spec_truth_shapes():
     assert hard.describe() == "bernoulli(4) -> bernoulli(10) -> bernoulli(8)"
     # weights ~ N(0, 3^2): the sample sd of 80 + 40 weights is near 3
     weights = torch.cat([hard.layers[0].weight.flatten(), hard.layers[1].weight.flatten()])
-    assert 2.3 < float(weights.std()) < 3.7
+    assert 2.3 < float(weights.detach().std()) < 3.7
 
 
 # --- bad input --------------------------------------------------------------------------------

@@ -47,10 +47,10 @@ def main():
             flush=True,
         )
         for name in baselines:
-            baseline = load_config(
-                ROOT / "configs" / f"learn-{key}-ddc.toml", {"algorithm": {"name": name}}
-            )
-            baseline["algorithm"] = {"name": name}
+            # the same architecture, data, batch, theta optimiser and recogniser trunk as DDC-HM;
+            # every other hyper-parameter is the baseline's own default
+            shared = {k: config["algorithm"][k] for k in ("lr", "hidden", "recognition_lr")}
+            baseline = load_config({**config, "algorithm": {"name": name, **shared}})
             baseline["train"].update(
                 steps=100 * config["train"]["steps"],
                 max_seconds=budget,

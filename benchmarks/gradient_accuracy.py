@@ -94,6 +94,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small budgets (smoke test)")
     parser.add_argument("--algorithms", default="", help="baselines, e.g. ws,rws,vimco")
     parser.add_argument("--skip-ddc", action="store_true", help="only the baselines' updates")
+    parser.add_argument("--models", default="easy,hard", help="which of easy,hard")
     parser.add_argument("--points", type=int, default=300)
     parser.add_argument("--map-samples", type=int, default=50_000)
     parser.add_argument("--recognition-steps", type=int, default=6000)
@@ -114,7 +115,8 @@ def main():
         "update_cosine": {},
     }
     names = [n for n in args.algorithms.split(",") if n]
-    for key, truth_name in MODELS.items():
+    for key in args.models.split(","):
+        truth_name = MODELS[key]
         if args.skip_ddc:
             truth = make_truth(truth_name)
             x = truth.splits(args.points, 0, 0, seed=7)["train"]

@@ -215,8 +215,9 @@ class DDCHelmholtzMachine(Algorithm):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for encoding, key in zip(self.encodings, range(len(self.encodings))):
-            prefix = f"{key}."
+        # one encoding at a time: RandomEncoding.load_state_dict resizes the whitening buffers
+        for i, encoding in enumerate(self.encodings):
+            prefix = f"{i}."
             encoding.load_state_dict(
                 {k[len(prefix) :]: v for k, v in state["encodings"].items() if k.startswith(prefix)}
             )

@@ -143,3 +143,12 @@ def test_cli_compare_writes_table_and_figures(tmp_path, capsys):
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "samples.png" in pngs and any(name.startswith("curve_") for name in pngs)
     assert all((out / name).stat().st_size > 5000 for name in pngs)
+
+
+def test_max_seconds_stops_training_early(tmp_path):
+    result = run(
+        small_config(steps=10**6, max_seconds=0.5, eval_every=10**9, log_every=10**9),
+        progress=False,
+    )
+    assert 0.5 <= result["final"]["time"] < 5 and result["final"]["step"] < 10**6
+    assert "nll_gap" in result["final"]

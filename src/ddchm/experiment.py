@@ -54,6 +54,7 @@ DEFAULTS = {
         "log_every": 50,
         "eval_every": 500,
         "checkpoint_every": 500,
+        "max_seconds": None,
         "device": "auto",
     },
     "evaluate": {"posterior_points": 500},
@@ -300,6 +301,7 @@ def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) 
         eval_every=train_cfg["eval_every"],
         progress=progress,
         extra_state={"config": config},
+        max_seconds=train_cfg["max_seconds"],
     )
     final = records[-1] if records else {}
     return {

@@ -92,28 +92,17 @@ def wake_objective(
 
 def wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict[str, torch.Tensor]:
     """The DDC gradient estimate as a dict keyed like ``model.named_parameters()``."""
-    names, params = zip(*model.named_parameters())
-    objective = wake_objective(model, sleep, solvers, encodings_of_batch, x)
-    grads = torch.autograd.grad(objective, params, allow_unused=True)
-    return {
-        n: (g if g is not None else torch.zeros_like(p)) for n, p, g in zip(names, params, grads)
-    }
+    return model.gradients(wake_objective(model, sleep, solvers, encodings_of_batch, x))
 
 
-def _per_sample_grads(scalar_fn, n_samples, params) -> torch.Tensor:
+def _flat_gradient(model, objective) -> torch.Tensor:
+    """model.gradients(objective) concatenated into one vector, (P,)."""
+    return torch.cat([g.reshape(-1) for g in model.gradients(objective).values()])
+
+
+def _per_sample_grads(model, scalar_fn, n_samples) -> torch.Tensor:
     """Stack of flattened gradients of scalar_fn(s) for s in range(n_samples), (N x P)."""
-    rows = []
-    for s in range(n_samples):
-        grads = torch.autograd.grad(scalar_fn(s), params, allow_unused=True)
-        rows.append(
-            torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                    for g, p in zip(grads, params)
-                ]
-            )
-        )
-    return torch.stack(rows)
+    return torch.stack([_flat_gradient(model, scalar_fn(s)) for s in range(n_samples)])
 
 
 def explicit_wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict[str, torch.Tensor]:
@@ -134,18 +123,20 @@ def explicit_wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict
     observation, data_stats = layers[0], layers[0].sufficient_stats(x)
     for j in range(observation.n_stats):
         jac_j = _per_sample_grads(
-            lambda s, j=j: observation.natural_params(sleep[1][s : s + 1])[0, j], n_sleep, params
+            model,
+            lambda s, j=j: observation.natural_params(sleep[1][s : s + 1])[0, j],
+            n_sleep,
         )  # d eta_j / d theta per sleep sample
         per_point = encodings_of_batch[1] @ solvers[1].fit(jac_j)  # (N_w x P)
         total += (data_stats[:, j : j + 1] * per_point).mean(0)
     total -= mapped(
         1,
         _per_sample_grads(
+            model,
             lambda s: observation.log_partition(
                 observation.natural_params(sleep[1][s : s + 1])
             ).sum(),
             n_sleep,
-            params,
         ),
     )
 
@@ -154,22 +145,22 @@ def explicit_wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict
         total += mapped(
             l,
             _per_sample_grads(
+                model,
                 lambda s, layer=layer, l=l: (
                     layer.natural_params(sleep[l + 1][s : s + 1])
                     * layer.sufficient_stats(sleep[l][s : s + 1])
                 ).sum(),
                 n_sleep,
-                params,
             ),
         )
         total -= mapped(
             l + 1,
             _per_sample_grads(
+                model,
                 lambda s, layer=layer, l=l: layer.log_partition(
                     layer.natural_params(sleep[l + 1][s : s + 1])
                 ).sum(),
                 n_sleep,
-                params,
             ),
         )
 
@@ -177,24 +168,14 @@ def explicit_wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict
     total += mapped(
         L,
         _per_sample_grads(
+            model,
             lambda s: (
                 prior.natural_params(None) * prior.sufficient_stats(sleep[L][s : s + 1])
             ).sum(),
             n_sleep,
-            params,
         ),
     )
-    total -= torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-            for g, p in zip(
-                torch.autograd.grad(
-                    prior.log_partition(prior.natural_params(None)).sum(), params, allow_unused=True
-                ),
-                params,
-            )
-        ]
-    )
+    total -= _flat_gradient(model, prior.log_partition(prior.natural_params(None)).sum())
 
     out, start = {}, 0
     for name, p in zip(names, params):

@@ -196,12 +196,7 @@ class ExactInference:
 
     def expected_gradient(self, x) -> dict[str, torch.Tensor]:
         """Exact mean_n E_{p(z|x_n)}[grad_theta log p(x_n, z)], keyed by parameter name."""
-        names, params = zip(*self.model.named_parameters())
-        grads = torch.autograd.grad(self.expected_gradient_objective(x), params, allow_unused=True)
-        return {
-            name: (g if g is not None else torch.zeros_like(p))
-            for name, p, g in zip(names, params, grads)
-        }
+        return self.model.gradients(self.expected_gradient_objective(x))
 
     @torch.no_grad()
     def sample_posterior(self, x, n_samples: int = 1, generator=None) -> list[torch.Tensor]:

@@ -139,6 +139,16 @@ class HierarchicalModel(nn.Module):
             out.append(layer.log_prob(values[l], parent))
         return out
 
+    def gradients(self, objective: torch.Tensor) -> dict[str, torch.Tensor]:
+        """d objective / d theta for every parameter, keyed like ``named_parameters()``
+        (zeros for parameters the objective does not use)."""
+        names, params = zip(*self.named_parameters())
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        return {
+            name: (g if g is not None else torch.zeros_like(p))
+            for name, p, g in zip(names, params, grads)
+        }
+
     def log_joint(self, x, latents, validate: bool = True) -> torch.Tensor:
         """log p(x, z_1..z_L), shape (N,)."""
         if validate:

@@ -1,11 +1,14 @@
 """The DDC Helmholtz machine: section-7 algebra, gradient accuracy, learning."""
 
+import copy
+
 import pytest
 import torch
 
 from ddchm.data import make_truth
 from ddchm.ddc import (
     DDCHelmholtzMachine,
+    NetworkRecognition,
     RandomEncoding,
     RidgeSolver,
     explicit_wake_gradient,
@@ -259,3 +262,62 @@ def test_state_dict_round_trip_with_whitened_encodings():
     for ra, rb in zip(a.expected_encodings(x), b.expected_encodings(x)):
         assert torch.equal(ra, rb)
     assert torch.equal(a.generator.get_state(), b.generator.get_state())
+
+
+def test_ridge_readout_heads_are_the_closed_form_ridge_solution():
+    """With no forgetting, the heads after a step solve ridge regression of the targets on
+    [h(x), 1] for that batch exactly; the statistics stay float64 under a float32 network."""
+    torch.manual_seed(0)
+    recogniser = NetworkRecognition(
+        6, [5, 3], (16,), readout="ridge", readout_forget=0.0, readout_ridge=1e-3, generator=1
+    ).to(dtype=torch.float32)
+    assert recogniser.gram.dtype == torch.float64 and recogniser.cross[0].dtype == torch.float64
+    x = (torch.rand(400, 6) < 0.5).float()
+    targets = [torch.randn(400, 5), torch.randn(400, 3)]
+    recogniser.fit_step(x, targets)
+    # a step solves the heads on the trunk's features, then moves the trunk: keep the features
+    trunk_before = copy.deepcopy(recogniser.trunk)
+    recogniser.fit_step(x, targets)
+    with torch.no_grad():
+        h = trunk_before(x).double()
+    h1 = torch.cat([h, torch.ones(400, 1, dtype=torch.float64)], 1)
+    a = h1.T @ h1 + 1e-3 * 400 * torch.eye(17, dtype=torch.float64)
+    for head, t in zip(recogniser.heads, targets):
+        solution = torch.linalg.solve(a, h1.T @ t.double())
+        assert torch.allclose(head.weight.double(), solution[:-1].T, atol=5e-4)  # float32 h^T h
+        assert torch.allclose(head.bias.double(), solution[-1], atol=5e-4)
+    assert all(not p.requires_grad for p in recogniser.heads.parameters())
+
+
+def test_ridge_readout_learns_posterior_means_and_round_trips():
+    model = tiny_sbn(seed=3)
+    x = model.sample(100, generator=9)[0]
+    settings = dict(
+        n_features=[40, 20],
+        sleep_samples=500,
+        hidden=(64,),
+        recognition_lr=3e-3,
+        recognition_readout="ridge",
+        generator=10,
+    )
+    ddc = DDCHelmholtzMachine(model, **settings)
+    ddc.fit_recognition(800)
+    exact_means = ExactInference(model).posterior_means(x)
+    for e, m in zip(ddc.posterior_means(x), exact_means):
+        assert float((e - m).abs().mean()) < 0.06
+    ddc.step(x)
+    other = DDCHelmholtzMachine(model, **settings)
+    other.load_state_dict(ddc.state_dict())
+    for a, b in zip(ddc.expected_encodings(x), other.expected_encodings(x)):
+        assert torch.equal(a, b)
+    assert torch.equal(ddc.recognition.gram, other.recognition.gram)
+
+
+def test_bad_readout_arguments_raise_clear_errors():
+    model = tiny_sbn()
+    with pytest.raises(ValueError, match="readout: expected 'adam' or 'ridge'"):
+        DDCHelmholtzMachine(model, recognition_readout="sgd")
+    with pytest.raises(ValueError, match="readout_forget: expected a number in"):
+        DDCHelmholtzMachine(model, recognition_readout="ridge", readout_forget=1.0)
+    with pytest.raises(ValueError, match="ema: weight averaging applies to the 'adam' readout"):
+        DDCHelmholtzMachine(model, recognition_readout="ridge", ema=0.99)

@@ -39,6 +39,10 @@ class DDCHelmholtzMachine(Algorithm):
         hidden: trunk sizes of the network recogniser; ``recognition_lr`` its Adam rate,
             decayed to ``recognition_lr_final`` over ``recognition_decay_steps`` if given.
         recognition_steps: recogniser updates per wake step (each on fresh dreams after the first).
+        recognition_readout: 'adam' (the network's linear heads trained with its trunk) or
+            'ridge' (heads solved in closed form each step on running normal equations of the
+            trunk's features, forgotten by ``readout_forget`` per step, ridge ``readout_ridge``
+            times the sample count; only the trunk is trained by Adam).
         ema: Polyak/EMA factor of the recogniser weights used at wake time (None: off).
         generator: seed or torch.Generator; every random draw of the machine goes through it.
 
@@ -66,6 +70,9 @@ class DDCHelmholtzMachine(Algorithm):
         recognition_lr_final: float | None = None,
         recognition_decay_steps: int = 1,
         recognition_steps: int = 1,
+        recognition_readout: str = "adam",
+        readout_forget: float = 0.9,
+        readout_ridge: float = 1e-4,
         ema: float | None = None,
         diagnostic_every: int = 50,
         generator=0,
@@ -91,6 +98,9 @@ class DDCHelmholtzMachine(Algorithm):
                 recognition_lr_final,
                 recognition_decay_steps,
                 ema,
+                readout=recognition_readout,
+                readout_forget=readout_forget,
+                readout_ridge=readout_ridge,
                 generator=init_seed + 1,
             )
         elif recognition == "ridge":

@@ -5,7 +5,9 @@ posterior mean of the encodings, with no factorisation assumed. Two recognisers:
 
 - :class:`NetworkRecognition` (default): a tanh MLP trunk h(x) with one linear head per layer,
   persistent across steps and trained by Adam; optional learning-rate decay and an exponential
-  moving average of the weights (Polyak averaging) used at wake time.
+  moving average of the weights (Polyak averaging) used at wake time. With ``readout='ridge'``
+  the heads are instead the ridge solution of running normal equations on [h(x), 1], so only the
+  trunk is trained by Adam: the readout carries no SGD noise and follows a moving theta at once.
 - :class:`RidgeRecognition`: r_l(x) = A_l^T phi(x) with phi fixed random tanh features of x, and
   A_l the ridge solution of running (exponentially forgotten) normal equations.
 """
@@ -20,7 +22,24 @@ from torch import nn
 from ddchm.validation import make_generator
 
 
-class NetworkRecognition(nn.Module):
+class _Float64Statistics(nn.Module):
+    """Keeps running normal equations in float64 when the module moves to another dtype."""
+
+    _statistics = ("gram", "count", "cross")
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in self._statistics:
+            value = getattr(self, name, None)
+            if isinstance(value, torch.Tensor):
+                value.data = value.data.double()
+            elif value is not None:
+                for parameter in value:
+                    parameter.data = parameter.data.double()
+        return self
+
+
+class NetworkRecognition(_Float64Statistics):
     """r(x) = [head_l(h(x))]_l with h a tanh MLP. Every r_l is linear in h, so the chain form
     r_l = W_l r_{l-1} of the spec is a special case.
 
@@ -30,6 +49,9 @@ class NetworkRecognition(nn.Module):
         hidden: hidden layer sizes of the trunk.
         lr, lr_final: Adam rate, decayed geometrically to ``lr_final`` over ``decay_steps``.
         ema: if set (e.g. 0.99), wake-time outputs use an exponential moving average of weights.
+        readout: 'adam' (heads trained with the trunk) or 'ridge' (heads solved in closed form
+            on exponentially forgotten normal equations: ``readout_forget`` per step, ridge
+            ``readout_ridge`` times the effective sample count).
     """
 
     def __init__(
@@ -41,9 +63,20 @@ class NetworkRecognition(nn.Module):
         lr_final=None,
         decay_steps=1,
         ema=None,
+        readout="adam",
+        readout_forget=0.9,
+        readout_ridge=1e-4,
         generator=None,
     ):
         super().__init__()
+        if readout not in ("adam", "ridge"):
+            raise ValueError(f"readout: expected 'adam' or 'ridge', got {readout!r}")
+        if not 0 <= readout_forget < 1:
+            raise ValueError(f"readout_forget: expected a number in [0, 1), got {readout_forget}")
+        if not readout_ridge > 0:
+            raise ValueError(f"readout_ridge: expected a number > 0, got {readout_ridge}")
+        if readout == "ridge" and ema:
+            raise ValueError("ema: weight averaging applies to the 'adam' readout only")
         generator = make_generator(generator)
         sizes, layers = [data_dim, *hidden], []
         for fan_in, fan_out in zip(sizes, sizes[1:]):
@@ -56,7 +89,23 @@ class NetworkRecognition(nn.Module):
                     bound = module.in_features**-0.5
                     module.weight.uniform_(-bound, bound, generator=generator)
                     module.bias.uniform_(-bound, bound, generator=generator)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        self.readout, self.readout_forget, self.readout_ridge = (
+            readout,
+            readout_forget,
+            readout_ridge,
+        )
+        if readout == "ridge":  # running normal equations of [h, 1] -> targets, float64
+            k = sizes[-1] + 1
+            self.register_buffer("gram", torch.zeros(k, k, dtype=torch.float64))
+            self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+            self.cross = nn.ParameterList(
+                nn.Parameter(torch.zeros(k, s, dtype=torch.float64), requires_grad=False)
+                for s in encoding_sizes
+            )
+            for head in self.heads:
+                head.requires_grad_(False)
+        trained = [p for p in self.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trained, lr=lr)
         gamma = 1.0 if lr_final is None else (lr_final / lr) ** (1.0 / max(1, decay_steps))
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=gamma)
         self.lr_final = lr_final
@@ -73,9 +122,30 @@ class NetworkRecognition(nn.Module):
             return self._forward(self.averaged[0], self.averaged[1], x)
         return self._forward(self.trunk, self.heads, x)
 
+    @torch.no_grad()
+    def _solve_readout(self, h: torch.Tensor, targets: list[torch.Tensor]) -> None:
+        """Heads <- ridge solution of the forgotten normal equations, updated with (h, targets)."""
+        h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], 1)
+        rho = self.readout_forget
+        self.gram.mul_(rho).add_((h1.T @ h1).double())
+        self.count.mul_(rho).add_(h.shape[0])
+        eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
+        factor = torch.linalg.cholesky(self.gram + self.readout_ridge * float(self.count) * eye)
+        for cross, head, t in zip(self.cross, self.heads, targets):
+            cross.mul_(rho).add_((h1.T @ t).double())
+            solution = torch.cholesky_solve(cross, factor).to(head.weight.dtype)
+            head.weight.copy_(solution[:-1].T)
+            head.bias.copy_(solution[-1])
+
     def fit_step(self, x: torch.Tensor, targets: list[torch.Tensor]) -> float:
-        """One Adam step on the sleep regression loss (eq 7); returns the loss before the step."""
-        predictions = self._forward(self.trunk, self.heads, x)
+        """One Adam step on the sleep regression loss (eq 7); returns the loss before the step
+        (with ``readout='ridge'``: after the heads are re-solved, before the trunk's step)."""
+        if self.readout == "ridge":
+            h = self.trunk(x)
+            self._solve_readout(h.detach(), targets)
+            predictions = [head(h) for head in self.heads]
+        else:
+            predictions = self._forward(self.trunk, self.heads, x)
         loss = sum(((p - t) ** 2).sum(1).mean() for p, t in zip(predictions, targets))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -97,7 +167,7 @@ class NetworkRecognition(nn.Module):
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-class RidgeRecognition(nn.Module):
+class RidgeRecognition(_Float64Statistics):
     """r_l(x) = A_l^T phi(x), phi = [tanh(U x + c), 1] with U, c fixed and random.
 
     A_l solves the ridge problem on running normal equations G = sum rho^t Phi^T Phi,

@@ -136,14 +136,21 @@ class DDCHelmholtzMachine(Algorithm):
             self.recognition.fit_step(extra[0], self.encode(extra[1:]))
         return loss
 
-    def theta_gradient(self, batch: torch.Tensor, sleep: list[torch.Tensor] | None = None):
-        """The DDC estimate of mean_n grad_theta log p(x_n) for the batch (no step taken)."""
+    def theta_gradient(
+        self,
+        batch: torch.Tensor,
+        sleep: list[torch.Tensor] | None = None,
+        encodings: list[torch.Tensor] | None = None,
+    ):
+        """The DDC estimate of mean_n grad_theta log p(x_n) for the batch (no step taken), from
+        the given dreams (default: fresh ones) and expected encodings [r_1(x), ..., r_L(x)]
+        (default: the recogniser's; pass exact ones for the oracle update of spec s. 9)."""
         batch = self.model.check_data(batch, "batch")
         sleep = self.dream() if sleep is None else sleep
         features = self.encode(sleep[1:])
         solvers = [None] + [RidgeSolver(f, self.ridge) for f in features]
-        r = [None] + self.expected_encodings(batch)
-        return wake_gradient(self.model, sleep, solvers, r, batch)
+        r = self.expected_encodings(batch) if encodings is None else encodings
+        return wake_gradient(self.model, sleep, solvers, [None, *r], batch)
 
     # --- the algorithm -----------------------------------------------------------------------
     def step(self, batch: torch.Tensor) -> dict[str, float]:

@@ -5,7 +5,11 @@ of `sbn-easy` and `sbn-hard` (configs/learn-{easy,hard}-ddc.toml). DDC-HM runs i
 steps; every baseline (``--algorithms``) then gets the same architecture, data and batch size and
 the same training wall-clock as DDC-HM took (reported), with a generous step cap.
 
-Usage: python benchmarks/learn_synthetic.py [--algorithms ws,rws,vimco] [--steps N]
+With ``--seeds N`` every run is repeated with model-initialisation and training seeds
+0..N-1 (each baseline gets the wall-clock of DDC-HM's run with the same seed); gaps are then
+reported as the mean over seeds, with their standard errors under ``gap_se``.
+
+Usage: python benchmarks/learn_synthetic.py [--algorithms ws,rws,vimco] [--steps N] [--seeds N]
 The last line of output is JSON: {"ddc_gap_nats": {...}, "gaps": {model: {algorithm: gap}}, ...}.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -24,49 +29,75 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("easy", "hard")
 
 
+def run_seed(key: str, seed: int, args, baselines) -> tuple[dict, dict, dict]:
+    """Gap, time and steps of DDC-HM and of each baseline at DDC-HM's wall-clock, one seed."""
+    config = load_config(ROOT / "configs" / f"learn-{key}-ddc.toml")
+    if args.steps:
+        config["train"]["steps"] = args.steps
+    if args.seeds > 1:
+        config["model"]["seed"] = config["train"]["seed"] = seed
+    config["train"]["log_every"] = config["train"]["eval_every"]
+    ddc = run(config, progress=False)
+    budget = ddc["final"]["time"]
+    gaps = {"ddc": round(ddc["final"]["nll_gap"], 4)}
+    times = {"ddc": round(budget, 1)}
+    steps = {"ddc": ddc["final"]["step"]}
+    print(
+        f"{key} seed {seed} ddc: gap {gaps['ddc']} nats after {steps['ddc']} steps, {budget:.1f} s",
+        flush=True,
+    )
+    for name in baselines:
+        # the same architecture, data, batch, theta optimiser and recogniser trunk as DDC-HM;
+        # every other hyper-parameter is the baseline's own default
+        shared = {k: config["algorithm"][k] for k in ("lr", "hidden", "recognition_lr")}
+        baseline = load_config({**config, "algorithm": {"name": name, **shared}})
+        baseline["train"].update(
+            steps=100 * config["train"]["steps"],
+            max_seconds=budget,
+            eval_every=10**9,
+            log_every=10**9,
+        )
+        out = run(baseline, progress=False)
+        gaps[name] = round(out["final"]["nll_gap"], 4)
+        times[name] = round(out["final"]["time"], 1)
+        steps[name] = out["final"]["step"]
+        print(
+            f"{key} seed {seed} {name}: gap {gaps[name]} nats after {steps[name]} steps, "
+            f"{times[name]} s",
+            flush=True,
+        )
+    return gaps, times, steps
+
+
+def summarise(per_seed: list[dict]) -> tuple[dict, dict]:
+    """Mean over seeds and its standard error (0 for one seed), per algorithm."""
+    means, errors = {}, {}
+    for name in per_seed[0]:
+        values = [record[name] for record in per_seed]
+        means[name] = round(statistics.fmean(values), 4)
+        spread = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+        errors[name] = round(spread, 4)
+    return means, errors
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--algorithms", default="", help="baselines to add, e.g. ws,rws,vimco")
     parser.add_argument("--steps", type=int, default=None, help="DDC-HM steps (config default)")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1")
     args = parser.parse_args()
     baselines = [n for n in args.algorithms.split(",") if n]
-    result = {"ddc_gap_nats": {}, "gaps": {}, "time_s": {}, "steps": {}}
+    result = {"ddc_gap_nats": {}, "gaps": {}, "gap_se": {}, "time_s": {}, "steps": {}}
     for key in args.models.split(","):
-        config = load_config(ROOT / "configs" / f"learn-{key}-ddc.toml")
-        if args.steps:
-            config["train"]["steps"] = args.steps
-        config["train"]["log_every"] = config["train"]["eval_every"]
-        ddc = run(config, progress=False)
-        budget = ddc["final"]["time"]
-        gaps = {"ddc": round(ddc["final"]["nll_gap"], 4)}
-        times = {"ddc": round(budget, 1)}
-        steps = {"ddc": ddc["final"]["step"]}
-        print(
-            f"{key} ddc: gap {gaps['ddc']} nats after {steps['ddc']} steps, {budget:.1f} s",
-            flush=True,
-        )
-        for name in baselines:
-            # the same architecture, data, batch, theta optimiser and recogniser trunk as DDC-HM;
-            # every other hyper-parameter is the baseline's own default
-            shared = {k: config["algorithm"][k] for k in ("lr", "hidden", "recognition_lr")}
-            baseline = load_config({**config, "algorithm": {"name": name, **shared}})
-            baseline["train"].update(
-                steps=100 * config["train"]["steps"],
-                max_seconds=budget,
-                eval_every=10**9,
-                log_every=10**9,
-            )
-            out = run(baseline, progress=False)
-            gaps[name] = round(out["final"]["nll_gap"], 4)
-            times[name] = round(out["final"]["time"], 1)
-            steps[name] = out["final"]["step"]
-            print(
-                f"{key} {name}: gap {gaps[name]} nats after {steps[name]} steps, {times[name]} s",
-                flush=True,
-            )
+        runs = [run_seed(key, seed, args, baselines) for seed in range(args.seeds)]
+        gaps, errors = summarise([r[0] for r in runs])
+        times, _ = summarise([r[1] for r in runs])
+        steps, _ = summarise([r[2] for r in runs])
         result["ddc_gap_nats"][key] = gaps["ddc"]
-        result["gaps"][key], result["time_s"][key], result["steps"][key] = gaps, times, steps
+        result["gaps"][key], result["gap_se"][key] = gaps, errors
+        result["time_s"][key], result["steps"][key] = times, steps
+    result["seeds"] = args.seeds
     result["machine"] = (
         f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )

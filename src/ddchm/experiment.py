@@ -126,10 +126,23 @@ def load_config(source: str | Path | dict | None = None, overrides: dict | None 
     return config
 
 
+def keyword_arguments(cls) -> set[str]:
+    """The keyword-only arguments ``cls(...)`` accepts: its constructor's, and those of each
+    base class its constructor forwards ``**kwargs`` to."""
+    allowed = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        allowed |= {p.name for p in parameters if p.kind == p.KEYWORD_ONLY}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return allowed
+
+
 def _check_algorithm_arguments(section: dict, origin: str) -> None:
     cls = algorithm_class(section["name"])
-    parameters = inspect.signature(cls.__init__).parameters
-    allowed = {n for n, p in parameters.items() if p.kind == p.KEYWORD_ONLY}
+    allowed = keyword_arguments(cls)
     unknown = set(section) - allowed - {"name"}
     if unknown:
         raise ConfigError(

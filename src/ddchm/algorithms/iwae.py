@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
-from ddchm.algorithms.base import OptimizerSpec
-from ddchm.algorithms.recognition import RecognitionAlgorithm, require_reparameterizable
+from ddchm.algorithms.vae import VAE
 from ddchm.models import HierarchicalModel
-from ddchm.validation import check_positive_int
 
 
-class IWAE(RecognitionAlgorithm):
+class IWAE(VAE):
     r"""Maximise the K-sample importance-weighted bound with reparameterised draws.
 
     With z^{(k)} = z(eps^{(k)}; x_n, phi) ~ q_phi(z | x_n), k = 1..K, and
@@ -52,25 +49,10 @@ class IWAE(RecognitionAlgorithm):
         self,
         model: HierarchicalModel,
         *,
-        lr: float = 1e-3,
-        optimizer: OptimizerSpec = "adam",
-        recognition_lr: float = 1e-3,
-        recognition_optimizer: OptimizerSpec | None = None,
-        hidden: Sequence[int] = (200,),
         num_particles: int = 5,
-        generator: torch.Generator | int | None = None,
+        **shared,
     ):
-        self.num_particles = check_positive_int(num_particles, "num_particles")
-        super().__init__(
-            model,
-            lr=lr,
-            optimizer=optimizer,
-            recognition_lr=recognition_lr,
-            recognition_optimizer=recognition_optimizer,
-            hidden=hidden,
-            generator=generator,
-        )
-        require_reparameterizable(model, "IWAE")
+        super().__init__(model, num_particles=num_particles, **shared)
 
     def _objectives(self, x, theta=True, phi=True):
         latents, log_q = self.recognition.sample(

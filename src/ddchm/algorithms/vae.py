@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-
-from ddchm.algorithms.base import OptimizerSpec
 from ddchm.algorithms.recognition import RecognitionAlgorithm, require_reparameterizable
 from ddchm.models import HierarchicalModel
 from ddchm.validation import check_positive_int
@@ -52,25 +47,12 @@ class VAE(RecognitionAlgorithm):
         self,
         model: HierarchicalModel,
         *,
-        lr: float = 1e-3,
-        optimizer: OptimizerSpec = "adam",
-        recognition_lr: float = 1e-3,
-        recognition_optimizer: OptimizerSpec | None = None,
-        hidden: Sequence[int] = (200,),
         num_particles: int = 1,
-        generator: torch.Generator | int | None = None,
+        **shared,
     ):
         self.num_particles = check_positive_int(num_particles, "num_particles")
-        super().__init__(
-            model,
-            lr=lr,
-            optimizer=optimizer,
-            recognition_lr=recognition_lr,
-            recognition_optimizer=recognition_optimizer,
-            hidden=hidden,
-            generator=generator,
-        )
-        require_reparameterizable(model, "VAE")
+        super().__init__(model, **shared)
+        require_reparameterizable(model, type(self).__name__)
 
     def _objectives(self, x, theta=True, phi=True):
         latents, log_q = self.recognition.sample(

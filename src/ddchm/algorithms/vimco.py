@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
-from ddchm.algorithms.base import OptimizerSpec
 from ddchm.algorithms.recognition import RecognitionAlgorithm
 from ddchm.models import HierarchicalModel
 from ddchm.validation import check_positive_int
@@ -88,24 +86,11 @@ class VIMCO(RecognitionAlgorithm):
         self,
         model: HierarchicalModel,
         *,
-        lr: float = 1e-3,
-        optimizer: OptimizerSpec = "adam",
-        recognition_lr: float = 1e-3,
-        recognition_optimizer: OptimizerSpec | None = None,
-        hidden: Sequence[int] = (200,),
         num_particles: int = 5,
-        generator: torch.Generator | int | None = None,
+        **shared,
     ):
         self.num_particles = check_positive_int(num_particles, "num_particles", minimum=2)
-        super().__init__(
-            model,
-            lr=lr,
-            optimizer=optimizer,
-            recognition_lr=recognition_lr,
-            recognition_optimizer=recognition_optimizer,
-            hidden=hidden,
-            generator=generator,
-        )
+        super().__init__(model, **shared)
 
     def _objectives(self, x, theta=True, phi=True):
         latents, log_q = self.recognition.sample(x, self.num_particles, self.generator)

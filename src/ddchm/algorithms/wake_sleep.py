@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from ddchm.algorithms.base import OptimizerSpec
 from ddchm.algorithms.recognition import RecognitionAlgorithm
 from ddchm.models import HierarchicalModel
 from ddchm.validation import check_positive_int
@@ -58,28 +55,15 @@ class WakeSleep(RecognitionAlgorithm):
         self,
         model: HierarchicalModel,
         *,
-        lr: float = 1e-3,
-        optimizer: OptimizerSpec = "adam",
-        recognition_lr: float = 1e-3,
-        recognition_optimizer: OptimizerSpec | None = None,
-        hidden: Sequence[int] = (200,),
         num_particles: int = 1,
         sleep_samples: int | None = None,
-        generator: torch.Generator | int | None = None,
+        **shared,
     ):
         self.num_particles = check_positive_int(num_particles, "num_particles")
         self.sleep_samples = (
             None if sleep_samples is None else check_positive_int(sleep_samples, "sleep_samples")
         )
-        super().__init__(
-            model,
-            lr=lr,
-            optimizer=optimizer,
-            recognition_lr=recognition_lr,
-            recognition_optimizer=recognition_optimizer,
-            hidden=hidden,
-            generator=generator,
-        )
+        super().__init__(model, **shared)
 
     def _objectives(self, x, theta=True, phi=True):
         metrics, theta_objective, phi_loss = {}, None, None

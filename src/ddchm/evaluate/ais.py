@@ -181,6 +181,11 @@ class _AnnealedChain:
     def _flip(self, l, c):
         z = self.z[l]
         proposal = torch.where(self._uniform(z.shape) < 1.0 / z.shape[1], 1 - z, z)
+        self._metropolis(l, c, proposal)
+
+    def _metropolis(self, l, c, proposal) -> torch.Tensor:
+        """Accept or reject a symmetric proposal for layer l in every chain; returns accepts."""
+        z = self.z[l]
         log_ratio = (
             self._own(l, proposal)
             - self._own(l, z)
@@ -188,21 +193,14 @@ class _AnnealedChain:
         )
         accept = torch.log(self._uniform(log_ratio.shape)) < log_ratio
         self.z[l] = torch.where(accept.unsqueeze(1), proposal, z)
+        return accept
 
     # --- continuous layers -------------------------------------------------------------------
     def _random_walk(self, l, c):
         z, key = self.z[l], f"z{l}"
         noise = torch.randn(z.shape, generator=self.g, dtype=z.dtype, device=z.device)
         step = self.step[key].repeat(self.k).unsqueeze(1) * self.spread[l]
-        proposal = z + step * noise
-        log_ratio = (
-            self._own(l, proposal)
-            - self._own(l, z)
-            + c * (self._child(l, proposal) - self._child(l, z))
-        )
-        accept = torch.log(self._uniform(log_ratio.shape)) < log_ratio
-        self.z[l] = torch.where(accept.unsqueeze(1), proposal, z)
-        self._adapt(key, accept)
+        self._adapt(key, self._metropolis(l, c, z + step * noise))
 
     def _log_target_and_grad(self, beta, values: dict):
         """The annealed log target of every chain and its gradient in the continuous layers."""

@@ -11,7 +11,7 @@ from ddchm.algorithms.vae import VAE
 from ddchm.algorithms.vimco import VIMCO
 from ddchm.algorithms.wake_sleep import WakeSleep
 from ddchm.data import make_truth
-from ddchm.models import Bernoulli, Gaussian, HierarchicalModel
+from ddchm.models import Bernoulli, Gaussian, HierarchicalModel, gaussian_chain_log_marginal
 
 ALGORITHMS = [WakeSleep, ReweightedWakeSleep, VIMCO, VAE, IWAE]
 
@@ -29,17 +29,6 @@ def linear_gaussian_chain(seed=0, noise=0.5):
     return model
 
 
-def linear_gaussian_log_marginal(model, x):
-    """log p(x) in closed form: x is Gaussian with mean and covariance pushed down the chain,
-    m_l = W_l m_{l+1} + b_l and C_l = W_l C_{l+1} W_l^T + diag(s_l^2)."""
-    top = model.layers[-1]
-    mean, cov = top.bias, torch.diag((2 * top.log_std).exp())
-    for layer in reversed(list(model.layers)[:-1]):
-        mean = layer.weight @ mean + layer.bias
-        cov = layer.weight @ cov @ layer.weight.T + torch.diag((2 * layer.log_std).exp())
-    return torch.distributions.MultivariateNormal(mean, cov).log_prob(x)
-
-
 def test_closed_form_marginal_matches_importance_sampling_from_the_prior():
     """A check of the test's own reference: log mean_s p(x | z_1^s), z ~ p, many draws."""
     model = linear_gaussian_chain(noise=1.0)
@@ -48,7 +37,7 @@ def test_closed_form_marginal_matches_importance_sampling_from_the_prior():
         _, z1, _ = model.sample(200_000, generator=1)
         log_lik = torch.stack([model.layers[0].log_prob(xn.expand(len(z1), -1), z1) for xn in x])
         estimate = torch.logsumexp(log_lik, dim=1) - math.log(len(z1))
-        exact = linear_gaussian_log_marginal(model, x)
+        exact = gaussian_chain_log_marginal(model, x)
     assert torch.allclose(estimate, exact, atol=0.02)
 
 
@@ -59,7 +48,7 @@ def test_iwae_bound_is_below_log_marginal_and_rises_with_k():
     x = model.sample(3, generator=0)[0]
     algorithm = IWAE(model, hidden=(8,), num_particles=5, generator=0)
     algorithm.fit_recognition(200, data=x, batch_size=3)  # q not trivial, not exact
-    log_px = linear_gaussian_log_marginal(model, x).detach()
+    log_px = gaussian_chain_log_marginal(model, x).detach()
     means, errors = [], []
     for k in (1, 5, 50):
         draws = torch.stack([algorithm.bound(x, k, generator=s) for s in range(200)])  # (S, N)

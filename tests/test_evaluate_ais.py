@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from ddchm.evaluate.ais import ais_log_likelihood, annealing_schedule
-from ddchm.models import Bernoulli, ExactInference, Gaussian, HierarchicalModel, enumerate_binary
+from ddchm.models import (
+    Bernoulli,
+    ExactInference,
+    Gaussian,
+    HierarchicalModel,
+    enumerate_binary,
+    gaussian_chain_log_marginal,
+)
 
 
 def randomise(model, sd=1.0, seed=0):
@@ -28,17 +35,6 @@ def linear_gaussian_chain():
     return model
 
 
-def linear_gaussian_log_marginal(model, x):
-    """x = W0 (W1 z2 + b1 + e1) + b0 + e0 is Gaussian: mean and covariance in closed form."""
-    top, middle, obs = model.layers[2], model.layers[1], model.layers[0]
-    var2, var1, var0 = (layer.log_std.exp().square() for layer in (top, middle, obs))
-    mean1 = middle.weight @ top.bias + middle.bias
-    cov1 = middle.weight @ torch.diag(var2) @ middle.weight.T + torch.diag(var1)
-    mean0 = obs.weight @ mean1 + obs.bias
-    cov0 = obs.weight @ cov1 @ obs.weight.T + torch.diag(var0)
-    return torch.distributions.MultivariateNormal(mean0, cov0).log_prob(x)
-
-
 def check_against(result, exact, tolerance):
     """Every point within ``tolerance`` nats and 4 standard errors; the mean within 3."""
     errors = (result.log_px - exact).detach()
@@ -53,7 +49,7 @@ def check_against(result, exact, tolerance):
 def test_linear_gaussian_chain_matches_closed_form():
     model = linear_gaussian_chain()
     x = model.sample(8, generator=1)[0].detach()
-    exact = linear_gaussian_log_marginal(model, x).detach()
+    exact = gaussian_chain_log_marginal(model, x).detach()
     result = ais_log_likelihood(model, x, n_chains=32, n_steps=600, generator=0)
     check_against(result, exact, tolerance=0.5)
     assert 0.35 < result.info["accept_hmc"] < 0.7
@@ -63,7 +59,7 @@ def test_linear_gaussian_chain_matches_closed_form():
 def test_random_walk_moves_also_match_closed_form():
     model = linear_gaussian_chain()
     x = model.sample(6, generator=2)[0].detach()
-    exact = linear_gaussian_log_marginal(model, x).detach()
+    exact = gaussian_chain_log_marginal(model, x).detach()
     result = ais_log_likelihood(
         model, x, n_chains=16, n_steps=600, n_sweeps=2, continuous_move="rwm", generator=0
     )

@@ -15,6 +15,7 @@ from ddchm.models import (
     Laplace,
     brute_force_log_marginal,
     enumerate_binary,
+    gaussian_chain_log_marginal,
     make_layer,
 )
 
@@ -241,3 +242,19 @@ def test_bad_models_raise_named_errors():
         Bernoulli(3).sample()
     with pytest.raises(ValueError, match="missing key 'dim'"):
         HierarchicalModel.from_config([{"family": "bernoulli"}, {"family": "bernoulli", "dim": 2}])
+
+
+def test_gaussian_chain_log_marginal_matches_quadrature():
+    """Gaussian(1) -> Gaussian(2): log p(x) = log int p(z) p(x | z) dz on a fine grid."""
+    torch.manual_seed(0)
+    model = HierarchicalModel([Gaussian(1), Gaussian(2, 1)]).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.7 * torch.randn_like(p))
+    x = model.sample(5, generator=1)[0]
+    z = torch.linspace(-12, 12, 20_001, dtype=torch.float64).unsqueeze(1)
+    log_joint = torch.stack([model.log_joint(x[i].expand(len(z), 2), [z]) for i in range(5)])
+    log_px = torch.logsumexp(log_joint, dim=1) + math.log(float(z[1] - z[0]))
+    assert torch.allclose(gaussian_chain_log_marginal(model, x), log_px, atol=1e-8)
+    with pytest.raises(ValueError, match="needs every layer Gaussian, but layer 1 is Bernoulli"):
+        gaussian_chain_log_marginal(small_chain("gaussian"), x[:, :1].expand(5, 4))

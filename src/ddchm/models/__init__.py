@@ -1,6 +1,11 @@
 """Generative models: exponential-family layers, the hierarchical chain, exact inference."""
 
-from ddchm.models.exact import ExactInference, brute_force_log_marginal, enumerate_binary
+from ddchm.models.exact import (
+    ExactInference,
+    brute_force_log_marginal,
+    enumerate_binary,
+    gaussian_chain_log_marginal,
+)
 from ddchm.models.hierarchical import HierarchicalModel
 from ddchm.models.layers import (
     FAMILIES,
@@ -21,5 +26,6 @@ __all__ = [
     "Laplace",
     "brute_force_log_marginal",
     "enumerate_binary",
+    "gaussian_chain_log_marginal",
     "make_layer",
 ]

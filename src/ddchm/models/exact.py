@@ -239,3 +239,23 @@ def brute_force_log_marginal(model: HierarchicalModel, x: torch.Tensor) -> torch
             start += d
         terms.append(model.log_joint(x, latents, validate=False))
     return torch.logsumexp(torch.stack(terms), dim=0)
+
+
+def gaussian_chain_log_marginal(model: HierarchicalModel, x: torch.Tensor) -> torch.Tensor:
+    """Exact log p(x) of a chain whose every layer is Gaussian (a linear-Gaussian model).
+
+    x is then Gaussian: pushing the top layer's N(b_L, diag s_L^2) down the chain,
+    m_l = W_l m_{l+1} + b_l and C_l = W_l C_{l+1} W_l^T + diag(s_l^2).
+    """
+    for l, layer in enumerate(model.layers):
+        if layer.family != "gaussian":
+            raise ValueError(
+                f"model: the closed-form marginal needs every layer Gaussian, but layer {l} "
+                f"is {layer.family.capitalize()}"
+            )
+    top = model.layers[-1]
+    mean, cov = top.bias, torch.diag((2 * top.log_std).exp())
+    for layer in reversed(list(model.layers)[:-1]):
+        mean = layer.weight @ mean + layer.bias
+        cov = layer.weight @ cov @ layer.weight.T + torch.diag((2 * layer.log_std).exp())
+    return torch.distributions.MultivariateNormal(mean, cov).log_prob(x)

@@ -274,7 +274,8 @@ def test_ridge_readout_heads_are_the_closed_form_ridge_solution():
     recogniser = NetworkRecognition(
         6, [5, 3], (16,), readout="ridge", readout_forget=0.0, readout_ridge=1e-3, generator=1
     ).to(dtype=torch.float32)
-    assert recogniser.gram.dtype == torch.float64 and recogniser.cross[0].dtype == torch.float64
+    statistics = recogniser.normal_equations
+    assert statistics.gram.dtype == torch.float64 and statistics.cross0.dtype == torch.float64
     x = (torch.rand(400, 6) < 0.5).float()
     targets = [torch.randn(400, 5), torch.randn(400, 3)]
     recogniser.fit_step(x, targets)
@@ -313,7 +314,9 @@ def test_ridge_readout_learns_posterior_means_and_round_trips():
     other.load_state_dict(ddc.state_dict())
     for a, b in zip(ddc.expected_encodings(x), other.expected_encodings(x)):
         assert torch.equal(a, b)
-    assert torch.equal(ddc.recognition.gram, other.recognition.gram)
+    assert torch.equal(
+        ddc.recognition.normal_equations.gram, other.recognition.normal_equations.gram
+    )
 
 
 def test_bad_readout_arguments_raise_clear_errors():

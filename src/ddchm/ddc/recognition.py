@@ -22,24 +22,45 @@ from torch import nn
 from ddchm.validation import make_generator
 
 
-class _Float64Statistics(nn.Module):
-    """Keeps running normal equations in float64 when the module moves to another dtype."""
+class RunningRidge(nn.Module):
+    """Ridge regression on exponentially forgotten normal equations, kept in float64.
 
-    _statistics = ("gram", "count", "cross")
+    After ``update(F, [T_1, ...])``: G <- rho G + F^T F, B_l <- rho B_l + F^T T_l, n <- rho n + N,
+    and the returned solutions are A_l = (G + lambda n I)^{-1} B_l (float64). The statistics stay
+    float64 when the owning module moves to another dtype.
+    """
+
+    def __init__(self, n_features: int, target_sizes, forget: float, ridge: float):
+        super().__init__()
+        self.forget, self.ridge = forget, ridge
+        self.register_buffer("gram", torch.zeros(n_features, n_features, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        for l, size in enumerate(target_sizes):
+            self.register_buffer(f"cross{l}", torch.zeros(n_features, size, dtype=torch.float64))
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        for name in self._statistics:
-            value = getattr(self, name, None)
-            if isinstance(value, torch.Tensor):
-                value.data = value.data.double()
-            elif value is not None:
-                for parameter in value:
-                    parameter.data = parameter.data.double()
+        for name, buffer in self.named_buffers(recurse=False):
+            setattr(self, name, buffer.double())
         return self
 
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Add (features, targets) to the forgotten statistics; the new solutions A_l."""
+        rho = self.forget
+        self.gram.mul_(rho).add_((features.T @ features).double())
+        self.count.mul_(rho).add_(features.shape[0])
+        eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
+        factor = torch.linalg.cholesky(self.gram + self.ridge * float(self.count) * eye)
+        solutions = []
+        for l, t in enumerate(targets):
+            cross = getattr(self, f"cross{l}")
+            cross.mul_(rho).add_((features.T @ t).double())
+            solutions.append(torch.cholesky_solve(cross, factor))
+        return solutions
 
-class NetworkRecognition(_Float64Statistics):
+
+class NetworkRecognition(nn.Module):
     """r(x) = [head_l(h(x))]_l with h a tanh MLP. Every r_l is linear in h, so the chain form
     r_l = W_l r_{l-1} of the spec is a special case.
 
@@ -89,18 +110,10 @@ class NetworkRecognition(_Float64Statistics):
                     bound = module.in_features**-0.5
                     module.weight.uniform_(-bound, bound, generator=generator)
                     module.bias.uniform_(-bound, bound, generator=generator)
-        self.readout, self.readout_forget, self.readout_ridge = (
-            readout,
-            readout_forget,
-            readout_ridge,
-        )
-        if readout == "ridge":  # running normal equations of [h, 1] -> targets, float64
-            k = sizes[-1] + 1
-            self.register_buffer("gram", torch.zeros(k, k, dtype=torch.float64))
-            self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-            self.cross = nn.ParameterList(
-                nn.Parameter(torch.zeros(k, s, dtype=torch.float64), requires_grad=False)
-                for s in encoding_sizes
+        self.readout = readout
+        if readout == "ridge":  # forgotten normal equations of [h, 1] -> targets
+            self.normal_equations = RunningRidge(
+                sizes[-1] + 1, encoding_sizes, readout_forget, readout_ridge
             )
             for head in self.heads:
                 head.requires_grad_(False)
@@ -126,14 +139,8 @@ class NetworkRecognition(_Float64Statistics):
     def _solve_readout(self, h: torch.Tensor, targets: list[torch.Tensor]) -> None:
         """Heads <- ridge solution of the forgotten normal equations, updated with (h, targets)."""
         h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], 1)
-        rho = self.readout_forget
-        self.gram.mul_(rho).add_((h1.T @ h1).double())
-        self.count.mul_(rho).add_(h.shape[0])
-        eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
-        factor = torch.linalg.cholesky(self.gram + self.readout_ridge * float(self.count) * eye)
-        for cross, head, t in zip(self.cross, self.heads, targets):
-            cross.mul_(rho).add_((h1.T @ t).double())
-            solution = torch.cholesky_solve(cross, factor).to(head.weight.dtype)
+        for head, solution in zip(self.heads, self.normal_equations.update(h1, targets)):
+            solution = solution.to(head.weight.dtype)
             head.weight.copy_(solution[:-1].T)
             head.bias.copy_(solution[-1])
 
@@ -167,7 +174,7 @@ class NetworkRecognition(_Float64Statistics):
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-class RidgeRecognition(_Float64Statistics):
+class RidgeRecognition(nn.Module):
     """r_l(x) = A_l^T phi(x), phi = [tanh(U x + c), 1] with U, c fixed and random.
 
     A_l solves the ridge problem on running normal equations G = sum rho^t Phi^T Phi,
@@ -192,16 +199,10 @@ class RidgeRecognition(_Float64Statistics):
         )
         self.register_buffer("offset", torch.rand(n_features, generator=generator) * 2 - 1)
         k = n_features + 1
-        self.register_buffer("gram", torch.zeros(k, k, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.cross = nn.ParameterList(
-            nn.Parameter(torch.zeros(k, s, dtype=torch.float64), requires_grad=False)
-            for s in encoding_sizes
-        )
+        self.normal_equations = RunningRidge(k, encoding_sizes, forget, ridge)
         self.maps = nn.ParameterList(
             nn.Parameter(torch.zeros(k, s), requires_grad=False) for s in encoding_sizes
         )
-        self.ridge, self.forget = ridge, forget
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         phi = torch.tanh(x @ self.projection.to(x.dtype).T + self.offset.to(x.dtype))
@@ -217,15 +218,9 @@ class RidgeRecognition(_Float64Statistics):
         loss = sum(
             ((phi @ a.to(x.dtype) - t) ** 2).sum(1).mean() for a, t in zip(self.maps, targets)
         )
-        phi64 = phi.double()
-        self.gram.mul_(self.forget).add_(phi64.T @ phi64)
-        self.count.mul_(self.forget).add_(phi.shape[0])
-        lam = self.ridge * float(self.count)
-        eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
-        factor = torch.linalg.cholesky(self.gram + lam * eye)
-        for cross, a, t in zip(self.cross, self.maps, targets):
-            cross.mul_(self.forget).add_(phi64.T @ t.double())
-            a.copy_(torch.cholesky_solve(cross, factor).to(a.dtype))
+        solutions = self.normal_equations.update(phi.double(), [t.double() for t in targets])
+        for a, solution in zip(self.maps, solutions):
+            a.copy_(solution.to(a.dtype))
         return float(loss)
 
     def extra_state(self) -> dict:

@@ -24,19 +24,11 @@ import torch
 
 from ddchm.algorithms.base import apply_ascent
 from ddchm.evaluate.gradients import compare_gradients, oracle_encodings
-from ddchm.experiment import build_algorithm, build_data, build_model, load_config
+from ddchm.experiment import Evaluator, build_algorithm, build_data, build_model, load_config
 from ddchm.models import ExactInference
 from ddchm.train import Minibatches
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def test_gap(model, test, truth_nll) -> float:
-    with torch.no_grad():
-        exact = ExactInference(model.double())
-        gap = float(-exact.log_marginal(test.double()).mean()) - truth_nll
-    model.to(test.dtype)
-    return round(gap, 4)
 
 
 def run(model_key: str, mode: str, args) -> dict:
@@ -45,9 +37,8 @@ def run(model_key: str, mode: str, args) -> dict:
     model = build_model(config["model"], data)
     machine = build_algorithm(config["algorithm"], model, config["train"]["seed"])
     dtype = next(model.parameters()).dtype
-    train, test = data["train"].to(dtype), data["test"].to(dtype)
-    with torch.no_grad():
-        truth_nll = float(-ExactInference(data["truth"].model).log_marginal(data["test"]).mean())
+    train = data["train"].to(dtype)
+    evaluate = Evaluator(model, machine, data)  # exact test NLL gap (and posterior accuracy)
     batches = Minibatches(train, config["train"]["batch_size"], config["train"]["seed"])
     probe = train[: args.points]
     gaps, cosines = {}, {}
@@ -65,7 +56,7 @@ def run(model_key: str, mode: str, args) -> dict:
             machine.step(batch)
         if step % args.every:
             continue
-        gaps[step] = test_gap(model, test, truth_nll)
+        gaps[step] = round(evaluate()["nll_gap"], 4)
         if mode == "learned":
             exact = ExactInference(model)
             with torch.no_grad():

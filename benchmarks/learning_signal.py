@@ -25,7 +25,7 @@ import torch
 from ddchm.algorithms.base import apply_ascent
 from ddchm.evaluate.gradients import compare_gradients, oracle_encodings
 from ddchm.experiment import Evaluator, build_algorithm, build_data, build_model, load_config
-from ddchm.models import ExactInference
+from ddchm.models import exact_reference
 from ddchm.train import Minibatches
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,11 +45,11 @@ def run(model_key: str, mode: str, args) -> dict:
     for step in range(1, args.steps + 1):
         batch = batches.next()
         if mode == "exact":
-            ascent = ExactInference(model).expected_gradient(batch)
+            ascent = exact_reference(model).expected_gradient(batch)
             apply_ascent(machine.optimizer, machine.params, ascent, machine.param_names)
         elif mode == "oracle":
             with torch.no_grad():
-                oracle = oracle_encodings(ExactInference(model), machine.encodings, batch)
+                oracle = oracle_encodings(exact_reference(model), machine.encodings, batch)
             ascent = machine.theta_gradient(batch, encodings=[r.to(dtype) for r in oracle])
             apply_ascent(machine.optimizer, machine.params, ascent, machine.param_names)
         else:
@@ -58,7 +58,7 @@ def run(model_key: str, mode: str, args) -> dict:
             continue
         gaps[step] = round(evaluate()["nll_gap"], 4)
         if mode == "learned":
-            exact = ExactInference(model)
+            exact = exact_reference(model)
             with torch.no_grad():
                 oracle = [r.to(dtype) for r in oracle_encodings(exact, machine.encodings, probe)]
                 learned = machine.expected_encodings(probe)

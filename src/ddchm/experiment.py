@@ -21,7 +21,7 @@ from pathlib import Path
 import tomllib
 import torch
 
-from ddchm.models import ExactInference, HierarchicalModel
+from ddchm.models import HierarchicalModel, exact_reference
 
 DEFAULTS = {
     "data": {
@@ -266,18 +266,18 @@ class Evaluator:
         if truth is not None and truth.enumerable:
             with torch.no_grad():
                 self.truth_nll = float(
-                    -ExactInference(truth.model).log_marginal(data["test"]).mean()
+                    -exact_reference(truth.model).log_marginal(data["test"]).mean()
                 )
+        latents = model.layers[1:]
         self.enumerable = (
-            all(layer.discrete for layer in model.layers[1:])
-            and sum(layer.dim for layer in model.layers[1:]) <= 24
-        )
+            all(layer.discrete for layer in latents) and sum(layer.dim for layer in latents) <= 24
+        ) or (truth is not None and truth.enumerable and truth.model.config() == model.config())
 
     @torch.no_grad()
     def __call__(self) -> dict:
         out = {}
         if self.enumerable:
-            exact = ExactInference(self.model.double())
+            exact = exact_reference(self.model.double())
             try:
                 out["test_nll"] = float(-exact.log_marginal(self.test.double()).mean())
                 if self.truth_nll is not None:

@@ -23,7 +23,7 @@ class SyntheticTruth:
     name: str
     description: str
     model: HierarchicalModel
-    enumerable: bool
+    enumerable: bool  # exact log p(x) and gradient: enumeration, quadrature or closed form
 
     def splits(
         self, n_train: int = 10_000, n_valid: int = 1_000, n_test: int = 1_000, seed: int = 1
@@ -162,12 +162,81 @@ def mixed(seed: int = 0) -> SyntheticTruth:
     )
 
 
+def linear_gaussian(seed: int = 0) -> SyntheticTruth:
+    """Linear-Gaussian chain 2-3-4: every conditional Gaussian with mean W z + b, so log p(x), its
+    gradient and the posterior are closed forms (:class:`LinearGaussianInference`)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = HierarchicalModel([Gaussian(2), Gaussian(3, 2), Gaussian(4, 3)]).double()
+    with torch.no_grad():
+        top, middle, obs = model.layers[2], model.layers[1], model.layers[0]
+        top.bias.copy_(_normal(generator, 2))
+        top.log_std.zero_()
+        middle.weight.copy_(_normal(generator, 3, 2))
+        middle.bias.copy_(_normal(generator, 3))
+        middle.log_std.fill_(math.log(0.5))
+        obs.weight.copy_(_normal(generator, 4, 3))
+        obs.bias.copy_(_normal(generator, 4))
+        obs.log_std.fill_(math.log(0.3))
+    return SyntheticTruth(
+        "linear-gaussian",
+        "Gaussian(2) -> Gaussian(3) -> Gaussian(4), weights N(0,1), noise sd 1 / 0.5 / 0.3",
+        model,
+        enumerable=True,
+    )
+
+
+def sbn_gauss(seed: int = 0) -> SyntheticTruth:
+    """The `sbn-hard` latent layers (4-10, weights N(0, 3^2)) over 16 real-valued observations:
+    x = W z_1 + b + noise, weights N(0, 1.5^2), noise sd 1. Enumerable (binary latents)."""
+    generator = torch.Generator().manual_seed(seed)
+    model = HierarchicalModel([Bernoulli(4), Bernoulli(10, 4), Gaussian(16, 10)]).double()
+    with torch.no_grad():
+        top, middle, obs = model.layers[2], model.layers[1], model.layers[0]
+        top.bias.copy_(_normal(generator, 4))
+        middle.weight.copy_(_normal(generator, 10, 4, sd=3.0))
+        middle.bias.copy_(_normal(generator, 10) - 1.5)
+        obs.weight.copy_(_normal(generator, 16, 10, sd=1.5))
+        obs.bias.copy_(_normal(generator, 16))
+        obs.log_std.zero_()
+    return SyntheticTruth(
+        "sbn-gauss",
+        "Bernoulli(4) -> Bernoulli(10) -> Gaussian(16): binary causes, real-valued observations",
+        model,
+        enumerable=True,
+    )
+
+
+def laplace_chain(seed: int = 0) -> SyntheticTruth:
+    """Gaussian(1) -> Laplace(1) with scale softplus(b z_2 + c) -> Gaussian(2), noise sd 0.3: a
+    one-unit hierarchical sparse-coding chain whose posterior is computed by quadrature."""
+    generator = torch.Generator().manual_seed(seed)
+    model = HierarchicalModel([Gaussian(1), Laplace(1, 1), Gaussian(2, 1)]).double()
+    with torch.no_grad():
+        top, sparse, obs = model.layers[2], model.layers[1], model.layers[0]
+        top.bias.zero_()
+        top.log_std.zero_()
+        sparse.scale_weight.fill_(1.5)
+        sparse.scale_bias.fill_(0.0)
+        obs.weight.copy_(_normal(generator, 2, 1))
+        obs.bias.zero_()
+        obs.log_std.fill_(math.log(0.3))
+    return SyntheticTruth(
+        "laplace-chain",
+        "Gaussian(1) -> Laplace(1), scale softplus(1.5 z) -> Gaussian(2), noise sd 0.3",
+        model,
+        enumerable=True,
+    )
+
+
 TRUTHS: dict[str, Callable[..., SyntheticTruth]] = {
     "sbn-easy": sbn_easy,
     "sbn-hard": sbn_hard,
     "bars": bars,
     "sparse-coding": sparse_coding,
     "mixed": mixed,
+    "linear-gaussian": linear_gaussian,
+    "sbn-gauss": sbn_gauss,
+    "laplace-chain": laplace_chain,
 }
 
 

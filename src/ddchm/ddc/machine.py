@@ -43,7 +43,14 @@ class DDCHelmholtzMachine(Algorithm):
             'ridge' (heads solved in closed form each step on running normal equations of the
             trunk's features, forgotten by ``readout_forget`` per step, ridge ``readout_ridge``
             times the sample count; only the trunk is trained by Adam).
+        recognition_skip: the heads also read the (scaled) x linearly, beside the trunk.
         ema: Polyak/EMA factor of the recogniser weights used at wake time (None: off).
+        input_scaling: centre and scale the recogniser's input by the dreams' mean and sd (None:
+            when the observations are continuous; binary x is left as it is).
+        recalibrate_every: every this many steps, measure how far the dreams have moved from the
+            encodings' calibration (:meth:`LayerEncoding.drift`) and recalibrate the layers that
+            moved more than ``recalibrate_tolerance``, carrying the recogniser's heads across
+            (0: never). The input scaling is refreshed at the same time.
         generator: seed or torch.Generator; every random draw of the machine goes through it.
 
     Reference: E. Vertes and M. Sahani, "Flexible and accurate inference and learning for deep
@@ -60,7 +67,8 @@ class DDCHelmholtzMachine(Algorithm):
         optimizer: OptimizerSpec = "adam",
         n_features=100,
         encoding: str = "sigmoid",
-        encoding_gain: float = 1.5,
+        encoding_gain=(0.5, 8.0),
+        max_products: int = 300,
         whiten: bool = False,
         sleep_samples: int = 2000,
         ridge: float = 1e-3,
@@ -71,9 +79,13 @@ class DDCHelmholtzMachine(Algorithm):
         recognition_decay_steps: int = 1,
         recognition_steps: int = 1,
         recognition_readout: str = "adam",
+        recognition_skip: bool = False,
         readout_forget: float = 0.9,
         readout_ridge: float = 1e-4,
         ema: float | None = None,
+        input_scaling: bool | None = None,
+        recalibrate_every: int = 1,
+        recalibrate_tolerance: float = 0.1,
         diagnostic_every: int = 50,
         generator=0,
     ):
@@ -85,8 +97,15 @@ class DDCHelmholtzMachine(Algorithm):
         self.ridge = float(ridge)
         self.diagnostic_every = diagnostic_every
         init_seed = int(torch.randint(2**62, (1,), generator=self.generator, device=self.device))
+        self.diagnostic_seed = init_seed + 2
         self.encodings = make_encodings(
-            model, n_features, encoding, encoding_gain, whiten=whiten, seed=init_seed
+            model,
+            n_features,
+            encoding,
+            encoding_gain,
+            whiten=whiten,
+            max_products=max_products,
+            seed=init_seed,
         ).to(self.device)
         sizes = [encoding.size for encoding in self.encodings]
         if recognition == "network":
@@ -101,6 +120,7 @@ class DDCHelmholtzMachine(Algorithm):
                 readout=recognition_readout,
                 readout_forget=readout_forget,
                 readout_ridge=readout_ridge,
+                skip=recognition_skip,
                 generator=init_seed + 1,
             )
         elif recognition == "ridge":
@@ -108,6 +128,21 @@ class DDCHelmholtzMachine(Algorithm):
         else:
             raise ValueError(f"recognition: expected 'network' or 'ridge', got {recognition!r}")
         self.recognition.to(device=self.device, dtype=self.dtype)
+        if input_scaling is None:
+            input_scaling = not model.observation.discrete
+        self.input_scaling = bool(input_scaling)
+        self.recalibrate_every = check_positive_int(
+            recalibrate_every, "recalibrate_every", minimum=0
+        )
+        if not recalibrate_tolerance > 0:
+            raise ValueError(
+                f"recalibrate_tolerance: expected a number > 0, got {recalibrate_tolerance}"
+            )
+        self.recalibrate_tolerance = float(recalibrate_tolerance)
+        self.recalibrations = 0
+        if self.input_scaling:
+            calibration = model.sample(5000, generator=make_generator(init_seed, self.device))
+            self.recognition.set_input_scaling(calibration[0])
         self.param_names, self.params = map(list, zip(*model.named_parameters()))
         self.optimizer = make_optimizer(self.params, optimizer, lr)
         self.steps = 0
@@ -157,6 +192,8 @@ class DDCHelmholtzMachine(Algorithm):
         """One sleep phase (recognition + maps) and one wake update of theta."""
         batch = self.model.check_data(batch, "batch")
         sleep = self.dream()
+        if self.recalibrate_every and self.steps % self.recalibrate_every == 0 and self.steps:
+            self.recalibrate(sleep)
         recognition_loss = self.train_recognition(sleep)
         ascent = self.theta_gradient(batch, sleep)
         grad_norm = apply_ascent(self.optimizer, self.params, ascent, self.param_names)
@@ -167,11 +204,38 @@ class DDCHelmholtzMachine(Algorithm):
         return metrics
 
     @torch.no_grad()
+    def recalibrate(self, sleep: list[torch.Tensor], force: bool = False) -> list[int]:
+        """Follow the model: recalibrate every encoding whose drift on these dreams exceeds the
+        tolerance (all of them if ``force``), refit the recogniser's heads of those layers on the
+        new encodings of the same dreams, and refresh the recogniser's input scaling. Returns
+        the recalibrated layers (1-based)."""
+        moved = [
+            l
+            for l, encoding in enumerate(self.encodings, start=1)
+            if not encoding.whitened  # a whitener is tied to one calibration (spec s. 9)
+            and (force or encoding.drift(sleep[l]) > self.recalibrate_tolerance)
+        ]
+        if self.input_scaling and hasattr(self.recognition, "set_input_scaling"):
+            self.recognition.set_input_scaling(sleep[0])
+        if not moved:
+            return moved
+        for l in moved:
+            self.encodings[l - 1].calibrate(sleep[l])
+        if hasattr(self.recognition, "refit_heads"):
+            targets = {l - 1: self.encodings[l - 1](sleep[l]) for l in moved}
+            self.recognition.refit_heads(sleep[0], targets)
+        self.recalibrations += len(moved)
+        return moved
+
+    @torch.no_grad()
     def diagnostics(self, n: int | None = None) -> dict[str, float]:
         """Held-out R^2 on fresh dreams: of the recogniser (r_l(x) vs T_l(z_l)), and of the
         gradient maps' regressions of S_l(z_l) on T_l (child) and mu_l(z_{l+1}) on T_{l+1}."""
         n = n or self.sleep_samples
-        train, test = self.dream(n), self.dream(n)
+        # dreams of their own (seeded by the step): diagnostics never change the run
+        generator = make_generator(self.diagnostic_seed + self.steps, device=self.device)
+        train = self.model.sample(n, generator=generator)
+        test = self.model.sample(n, generator=generator)
         f_train, f_test = self.encode(train[1:]), self.encode(test[1:])
         out = {}
         r_test = self.expected_encodings(test[0])
@@ -229,10 +293,11 @@ class DDCHelmholtzMachine(Algorithm):
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "steps": self.steps,
+            "recalibrations": self.recalibrations,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        # one encoding at a time: RandomEncoding.load_state_dict resizes the whitening buffers
+        # one encoding at a time: LayerEncoding.load_state_dict resizes the whitening buffers
         for i, encoding in enumerate(self.encodings):
             prefix = f"{i}."
             encoding.load_state_dict(
@@ -243,3 +308,4 @@ class DDCHelmholtzMachine(Algorithm):
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.steps = state["steps"]
+        self.recalibrations = state.get("recalibrations", 0)

@@ -87,9 +87,15 @@ class NetworkRecognition(nn.Module):
         readout="adam",
         readout_forget=0.9,
         readout_ridge=1e-4,
+        skip=False,
         generator=None,
     ):
         super().__init__()
+        self.skip = bool(skip)
+        # x enters the trunk as (x - input_centre) / input_scale (identity until set_input_scaling)
+        self.register_buffer("input_centre", torch.zeros(data_dim))
+        self.register_buffer("input_scale", torch.ones(data_dim))
+        self.readout_ridge = readout_ridge
         if readout not in ("adam", "ridge"):
             raise ValueError(f"readout: expected 'adam' or 'ridge', got {readout!r}")
         if not 0 <= readout_forget < 1:
@@ -103,7 +109,8 @@ class NetworkRecognition(nn.Module):
         for fan_in, fan_out in zip(sizes, sizes[1:]):
             layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
         self.trunk = nn.Sequential(*layers)
-        self.heads = nn.ModuleList(nn.Linear(sizes[-1], k) for k in encoding_sizes)
+        readout_size = sizes[-1] + (data_dim if self.skip and hidden else 0)
+        self.heads = nn.ModuleList(nn.Linear(readout_size, k) for k in encoding_sizes)
         with torch.no_grad():  # seeded initialisation (PyTorch's default scheme, our generator)
             for module in self.modules():
                 if isinstance(module, nn.Linear):
@@ -113,7 +120,7 @@ class NetworkRecognition(nn.Module):
         self.readout = readout
         if readout == "ridge":  # forgotten normal equations of [h, 1] -> targets
             self.normal_equations = RunningRidge(
-                sizes[-1] + 1, encoding_sizes, readout_forget, readout_ridge
+                readout_size + 1, encoding_sizes, readout_forget, readout_ridge
             )
             for head in self.heads:
                 head.requires_grad_(False)
@@ -125,9 +132,82 @@ class NetworkRecognition(nn.Module):
         self.ema = ema
         self.averaged = copy.deepcopy(nn.ModuleList([self.trunk, self.heads])) if ema else None
 
+    def _scaled(self, x):
+        return (x - self.input_centre.to(x.dtype)) / self.input_scale.to(x.dtype)
+
+    def _readout_features(self, trunk, x):
+        """What the heads read: the trunk's output h(x), and the scaled x itself with ``skip``
+        (a linear path, so that r extrapolates linearly beyond the dreams instead of saturating)."""
+        scaled = self._scaled(x)
+        h = trunk(scaled)
+        return torch.cat([h, scaled], 1) if self.skip and len(trunk) else h
+
     def _forward(self, trunk, heads, x):
-        h = trunk(x)
+        h = self._readout_features(trunk, x)
         return [head(h) for head in heads]
+
+    @torch.no_grad()
+    def set_input_scaling(self, x: torch.Tensor) -> None:
+        """Centre and scale the trunk's input by the mean and sd of ``x`` (dreams), keeping the
+        function the recogniser computes: the first linear layer absorbs the change
+        (W' = W diag(s' / s), b' = b + W (c' - c) / s)."""
+        centre, scale = x.mean(0), x.std(0).clamp_min(1e-6)
+        # scaled x changes as x_new = x_old * ratio + shift
+        ratio = scale / self.input_scale.to(scale.dtype)
+        shift = (centre - self.input_centre.to(scale.dtype)) / self.input_scale.to(scale.dtype)
+        D = ratio.shape[0]
+        nets = [(self.trunk, self.heads)]
+        if self.averaged is not None:
+            nets.append((self.averaged[0], self.averaged[1]))
+        for trunk, heads in nets:
+            # the linear maps that read scaled x: the trunk's first layer (or the heads without
+            # a trunk), and the heads' skip columns
+            readers = [(trunk[0], slice(None))] if len(trunk) else []
+            if self.skip or not len(trunk):
+                readers += [(head, slice(-D, None)) for head in heads]
+            for module, columns in readers:
+                weight = module.weight[:, columns]
+                module.bias.add_(weight @ shift.to(weight.dtype))
+                module.weight[:, columns] = weight * ratio.to(weight.dtype)
+        if self.readout == "ridge" and self.skip and len(self.trunk):
+            # the running normal equations in the new coordinates: phi_old = P phi_new
+            equations = self.normal_equations
+            n = equations.gram.shape[0]
+            P = torch.eye(n, dtype=torch.float64, device=equations.gram.device)
+            P[n - 1 - D : n - 1, n - 1 - D : n - 1] = torch.diag(ratio.double())
+            P[n - 1 - D : n - 1, n - 1] = shift.double()
+            inverse = torch.linalg.inv(P)
+            equations.gram.copy_(inverse @ equations.gram @ inverse.T)
+            for l in range(len(self.heads)):
+                cross = getattr(equations, f"cross{l}")
+                cross.copy_(inverse @ cross)
+        self.input_centre.copy_(centre)
+        self.input_scale.copy_(scale)
+
+    @torch.no_grad()
+    def refit_heads(self, x: torch.Tensor, targets: dict[int, torch.Tensor]) -> None:
+        """Heads of the layers in ``targets`` (index -> new T_l(z_l^s) on dreams x^s) <- ridge
+        regression on the trunk's features: carries the recogniser across a change of the
+        encodings' basis (recalibration) without re-learning the trunk."""
+        h = self._readout_features(self.trunk, x)
+        h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], 1).double()
+        gram = h1.T @ h1
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        ridged = gram + self.readout_ridge * h1.shape[0] * eye
+        factor = torch.linalg.cholesky(ridged)
+        for l, t in targets.items():
+            solution = torch.cholesky_solve(h1.T @ t.double(), factor)
+            head = self.heads[l]
+            head.weight.copy_(solution[:-1].T.to(head.weight.dtype))
+            head.bias.copy_(solution[-1].to(head.bias.dtype))
+            if self.averaged is not None:
+                self.averaged[1][l].load_state_dict(head.state_dict())
+            if self.readout == "ridge":  # the running equations now give this solution
+                equations = self.normal_equations
+                n = float(equations.count)
+                eye = torch.eye(equations.gram.shape[0], dtype=torch.float64, device=eye.device)
+                cross = (equations.gram + equations.ridge * n * eye) @ solution
+                getattr(equations, f"cross{l}").copy_(cross)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[r_1(x), ..., r_L(x)] as used at wake time (the averaged weights if ``ema``)."""
@@ -148,7 +228,7 @@ class NetworkRecognition(nn.Module):
         """One Adam step on the sleep regression loss (eq 7); returns the loss before the step
         (with ``readout='ridge'``: after the heads are re-solved, before the trunk's step)."""
         if self.readout == "ridge":
-            h = self.trunk(x)
+            h = self._readout_features(self.trunk, x)
             self._solve_readout(h.detach(), targets)
             predictions = [head(h) for head in self.heads]
         else:

@@ -48,14 +48,20 @@ class RidgeSolver:
         return self.solve(self.features.double().T @ targets.double()).to(targets.dtype)
 
 
-def wake_objective(
+def wake_terms(
     model: HierarchicalModel,
     sleep: list[torch.Tensor],
     solvers: list[RidgeSolver | None],
     encodings_of_batch: list[torch.Tensor | None],
     x: torch.Tensor,
-) -> torch.Tensor:
-    """Scalar whose theta-gradient is the DDC estimate of mean_n grad_theta log p(x_n) (eqs 9-11).
+) -> dict[str, torch.Tensor]:
+    """The four parts of the wake objective (eqs 9-11), each a scalar of theta:
+
+    - ``observation``: sum_s G_s^T g_0(z_1^s) - w^(1)_s Phi_0(g_0(z_1^s)), the x-layer's E_q[J_0]^T
+      S_0(x) and E_q[J_0^T mu_0] (section 7, per-data-point weights G);
+    - ``latent_stats``: sum_l sum_s w^(l)_s g_l(z_{l+1}^s)^T S_l(z_l^s), for 1 <= l < L;
+    - ``latent_partition``: -sum_l sum_s w^(l+1)_s Phi_l(g_l(z_{l+1}^s)), for 1 <= l < L;
+    - ``prior``: theta_L^T E_q[S_L] - Phi_L(theta_L).
 
     Args:
         sleep: [x^s, z_1^s, ..., z_L^s] sleep samples (no gradient).
@@ -69,25 +75,36 @@ def wake_objective(
     weights = [None] + [
         solvers[l].sample_weights(encodings_of_batch[l].mean(0)) for l in range(1, L + 1)
     ]
+    terms = {}
 
     # Observation layer: E_q[J_0]^T S_0(x) via G = F_1 (F^T F + lambda I)^{-1} R_1^T S_0(X) / N_w
     observation = layers[0]
     data_stats = observation.sufficient_stats(x)
     G = solvers[1].sample_weights(encodings_of_batch[1].T @ data_stats / x.shape[0])
     eta = observation.natural_params(sleep[1])
-    objective = (G * eta).sum() - (weights[1] * observation.log_partition(eta)).sum()
+    terms["observation"] = (G * eta).sum() - (weights[1] * observation.log_partition(eta)).sum()
 
     # Latent conditionals: w^(l) g_l^T S_l(z_l) - w^(l+1) Phi_l(g_l)            (eqs 9-11)
+    terms["latent_stats"] = terms["latent_partition"] = x.new_zeros(())
     for l in range(1, L):
         eta = layers[l].natural_params(sleep[l + 1])
         stats = layers[l].sufficient_stats(sleep[l])
-        objective = objective + (weights[l] * (eta * stats).sum(1)).sum()
-        objective = objective - (weights[l + 1] * layers[l].log_partition(eta)).sum()
+        terms["latent_stats"] = terms["latent_stats"] + (weights[l] * (eta * stats).sum(1)).sum()
+        terms["latent_partition"] = (
+            terms["latent_partition"] - (weights[l + 1] * layers[l].log_partition(eta)).sum()
+        )
 
     # Prior: E_q[S_L]^T theta_L - Phi_L(theta_L)
     eta = layers[L].natural_params(None)
     expected_stats = weights[L] @ layers[L].sufficient_stats(sleep[L])
-    return objective + (eta[0] * expected_stats).sum() - layers[L].log_partition(eta).sum()
+    terms["prior"] = (eta[0] * expected_stats).sum() - layers[L].log_partition(eta).sum()
+    return terms
+
+
+def wake_objective(model, sleep, solvers, encodings_of_batch, x) -> torch.Tensor:
+    """Scalar whose theta-gradient is the DDC estimate of mean_n grad_theta log p(x_n): the sum
+    of :func:`wake_terms`."""
+    return sum(wake_terms(model, sleep, solvers, encodings_of_batch, x).values())
 
 
 def wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict[str, torch.Tensor]:

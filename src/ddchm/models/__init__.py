@@ -5,6 +5,7 @@ from ddchm.models.exact import (
     brute_force_log_marginal,
     enumerate_binary,
     gaussian_chain_log_marginal,
+    quadrature_grid,
 )
 from ddchm.models.hierarchical import HierarchicalModel
 from ddchm.models.layers import (
@@ -15,6 +16,7 @@ from ddchm.models.layers import (
     Laplace,
     make_layer,
 )
+from ddchm.models.linear_gaussian import LinearGaussianInference
 
 __all__ = [
     "FAMILIES",
@@ -24,8 +26,20 @@ __all__ = [
     "Gaussian",
     "HierarchicalModel",
     "Laplace",
+    "LinearGaussianInference",
     "brute_force_log_marginal",
     "enumerate_binary",
     "gaussian_chain_log_marginal",
+    "exact_reference",
     "make_layer",
+    "quadrature_grid",
 ]
+
+
+def exact_reference(model: HierarchicalModel, **kwargs):
+    """The exact-inference object for ``model``: closed form for all-Gaussian chains, else
+    enumeration / quadrature (:class:`ExactInference`, which names what it cannot handle).
+    Both give ``log_marginal``, ``expected_gradient``, ``expectation`` and ``posterior_means``."""
+    if all(layer.family == "gaussian" for layer in model.layers):
+        return LinearGaussianInference(model, **kwargs)
+    return ExactInference(model, **kwargs)

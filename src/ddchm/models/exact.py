@@ -1,10 +1,18 @@
-"""Exact inference in chains whose latent layers are all Bernoulli (small enough to enumerate).
+"""Exact inference in small chains: Bernoulli latent layers enumerated, low-dimensional continuous
+latent layers (one or two units) integrated on a quadrature grid.
 
-The chain structure keeps this cheap: with C_l = 2^{D_l} configurations of layer l, the tables are
+The chain structure keeps this cheap: with C_l configurations of layer l (2^{D_l} binary vectors,
+or the G^{D_l} nodes of a midpoint grid with cell volumes v_l), the tables are
 
-    factor_0[n, c_1]           = log p(x_n | z_1 = c_1)              (N x C_1, chunked over N)
-    factor_l[c_l, c_{l+1}]     = log p(z_l = c_l | z_{l+1} = c_{l+1})  (C_l x C_{l+1})
-    factor_L[c_L]              = log p(z_L = c_L)
+    factor_0[n, c_1]        = log p(x_n | z_1 = c_1)                          (N x C_1, chunked)
+    factor_l[c_l, c_{l+1}]  = log p(z_l = c_l | z_{l+1} = c_{l+1}) + log v_l[c_l]   (C_l x C_{l+1})
+    factor_L[c_L]           = log p(z_L = c_L) + log v_L[c_L]
+
+(v = 1 for binary layers), so a sum over grid nodes is the midpoint rule for the integral, and
+every quantity below is exact for binary layers and converges at O(h^2) in the grid spacing h for
+continuous ones (the Laplace kink at 0 sits on a cell boundary, and Laplace grids are dense near
+0, see :func:`quadrature_grid`). Grids span the layer's prior range (quantiles 1e-5 and 1 - 1e-5
+of 20,000 ancestral samples, widened by a quarter on each side).
 
 The prior marginals log p(z_l) follow top-down; given z_l, z_{l+1} is independent of x, so the
 posterior is p(z_1 | x) times data-independent transitions p(z_{l+1} | z_l) = p(z_l | z_{l+1})
@@ -15,6 +23,7 @@ p(z_{l+1}) / p(z_l). Every exact quantity below is built from these tables; memo
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 
 import torch
@@ -30,35 +39,89 @@ def enumerate_binary(dim: int, dtype=None, device=None) -> torch.Tensor:
     return ((codes.unsqueeze(1) & bits) > 0).to(dtype or torch.get_default_dtype())
 
 
+def quadrature_grid(
+    samples: torch.Tensor, points: int, dense_at_zero: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Midpoint grid over the range of ``samples`` (N, D), D <= 2: nodes (points^D, D) and log
+    cell volumes (points^D,). The range is widened by a quarter on each side. With
+    ``dense_at_zero`` (Laplace layers, whose density can be a spike at 0 much narrower than a
+    uniform cell) the grid is uniform in u with z = a sinh(u / a'), a = 1e-3 of the range: cells
+    of relative width ~1% far out and ~1e-5 of the range at 0; a cell boundary sits at 0."""
+    low = torch.quantile(samples, 1e-5, dim=0)
+    high = torch.quantile(samples, 1 - 1e-5, dim=0)
+    width = high - low
+    low, high = low - width / 4, high + width / 4
+    axes, volumes = [], []
+    for d in range(samples.shape[1]):
+        lo, hi = float(low[d]), float(high[d])
+        if dense_at_zero:
+            a = 1e-3 * max(abs(lo), abs(hi))
+            u_lo, u_hi = math.asinh(min(lo, 0.0) / a), math.asinh(max(hi, 0.0) / a)
+            step = (u_hi - u_lo) / points
+            u_lo = -step * math.ceil(-u_lo / step)  # a boundary at u = 0
+            u = u_lo + step * (torch.arange(points, dtype=samples.dtype) + 0.5)
+            axes.append(a * torch.sinh(u))
+            volumes.append(a * torch.cosh(u) * step)
+            continue
+        step = (hi - lo) / points
+        start = -step * math.ceil(-lo / step) if lo < 0 < hi else lo  # a boundary at 0
+        axes.append(start + step * (torch.arange(points, dtype=samples.dtype) + 0.5))
+        volumes.append(torch.full((points,), step, dtype=samples.dtype))
+    nodes = torch.cartesian_prod(*axes).reshape(-1, samples.shape[1])
+    log_volume = torch.cartesian_prod(*[v.log() for v in volumes]).reshape(-1, samples.shape[1])
+    return nodes.to(samples.device), log_volume.sum(1).to(samples.device)
+
+
 class ExactInference:
     """Exact log p(x), posteriors, posterior expectations and the expected gradient.
 
     Args:
-        model: a chain whose latent layers are Bernoulli (the observation layer may be any family).
+        model: a chain whose latent layers are Bernoulli (enumerated) or continuous with at most
+            two units (quadrature); the observation layer may be any family.
         max_configs: refuse layers with more configurations than this (2^20 by default).
         max_table: entries per chunk of the N x C_1 table (bounds memory).
+        grid_points: quadrature nodes per continuous unit (a layer of D units gets
+            grid_points^D nodes).
     """
 
-    def __init__(self, model: HierarchicalModel, max_configs: int = 2**20, max_table: int = 2**22):
+    def __init__(
+        self,
+        model: HierarchicalModel,
+        max_configs: int = 2**20,
+        max_table: int = 2**22,
+        grid_points: int = 800,
+    ):
+        reference = next(model.parameters())
+        dtype, device = reference.dtype, reference.device
+        samples = None
+        self.configs, self.log_volumes = [None], [None]
         for l in range(1, len(model.layers)):
             layer = model.layers[l]
-            if not layer.discrete:
+            if layer.discrete:
+                if 2**layer.dim > max_configs:
+                    raise ValueError(
+                        f"model: z{l} has 2^{layer.dim} configurations, more than max_configs="
+                        f"{max_configs}; exact inference is for small models"
+                    )
+                self.configs.append(enumerate_binary(layer.dim, dtype, device))
+                self.log_volumes.append(None)
+                continue
+            if layer.dim > 2 or grid_points**layer.dim > max_configs:
                 raise ValueError(
-                    f"model: exact inference enumerates latent layers, but z{l} is a "
-                    f"{layer.family} layer; use importance sampling or AIS (ddchm.evaluate)"
+                    f"model: z{l} is a {layer.family} layer of {layer.dim} units; quadrature "
+                    "handles continuous layers of at most 2 units (grid_points^D <= max_configs). "
+                    "Use importance sampling or AIS (ddchm.evaluate), or the closed form of "
+                    "LinearGaussianInference for all-Gaussian chains"
                 )
-            if 2**layer.dim > max_configs:
-                raise ValueError(
-                    f"model: z{l} has 2^{layer.dim} configurations, more than max_configs="
-                    f"{max_configs}; exact inference is for small models"
-                )
+            if samples is None:
+                samples = model.sample(20_000, generator=make_generator(0, device=device))
+            nodes, log_volume = quadrature_grid(
+                samples[l], grid_points, dense_at_zero=layer.family == "laplace"
+            )
+            self.configs.append(nodes)
+            self.log_volumes.append(log_volume)
         self.model = model
         self.max_table = max_table
-        reference = next(model.parameters())
-        self.configs = [None] + [
-            enumerate_binary(model.layers[l].dim, reference.dtype, reference.device)
-            for l in range(1, len(model.layers))
-        ]
 
     @property
     def n_latent_layers(self) -> int:
@@ -70,9 +133,18 @@ class ExactInference:
         layers, configs, L = self.model.layers, self.configs, self.n_latent_layers
         factors = [None]
         for l in range(1, L):
-            factors.append(_pair_log_prob(layers[l], configs[l], configs[l + 1]))
-        factors.append(layers[L].log_prob(configs[L]))
+            factors.append(
+                self._with_volume(l, _pair_log_prob(layers[l], configs[l], configs[l + 1]))
+            )
+        factors.append(self._with_volume(L, layers[L].log_prob(configs[L])))
         return factors
+
+    def _with_volume(self, l: int, table: torch.Tensor) -> torch.Tensor:
+        """Add log cell volumes of layer l along the table's first axis (grid layers only)."""
+        if self.log_volumes[l] is None:
+            return table
+        volume = self.log_volumes[l]
+        return table + (volume.unsqueeze(1) if table.dim() == 2 else volume)
 
     def _observation_factor(self, x: torch.Tensor) -> torch.Tensor:
         """factor_0[n, c_1] = log p(x_n | z_1 = c_1), (N x C_1); differentiable in theta."""

@@ -1,0 +1,142 @@
+"""Continuous latents: exact references (closed form, quadrature) and the DDC gradient on them."""
+
+import math
+
+import pytest
+import torch
+
+from ddchm.data import make_truth
+from ddchm.ddc import DDCHelmholtzMachine, LayerEncoding, RidgeSolver, wake_terms
+from ddchm.evaluate.gradients import perturbed_model
+from ddchm.models import (
+    ExactInference,
+    Gaussian,
+    HierarchicalModel,
+    Laplace,
+    LinearGaussianInference,
+    exact_reference,
+)
+
+
+def small_chain(middle="gaussian"):
+    torch.manual_seed(0)
+    layer = Gaussian(1, 1, init_scale=1.0, init_std=0.7) if middle == "gaussian" else None
+    if middle == "laplace":
+        layer = Laplace(1, 1, init_scale=1.0)
+    return HierarchicalModel(
+        [Gaussian(1), layer, Gaussian(2, 1, init_scale=1.0, init_std=0.5)]
+    ).double()
+
+
+def test_quadrature_equals_closed_form_on_a_linear_gaussian_chain():
+    model = small_chain()
+    x = model.sample(40, generator=1)[0]
+    closed, grid = LinearGaussianInference(model), ExactInference(model, grid_points=800)
+    assert torch.allclose(closed.log_marginal(x), grid.log_marginal(x), atol=1e-5, rtol=0)
+    a, b = closed.expected_gradient(x), grid.expected_gradient(x)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
+    for m1, m2 in zip(closed.posterior_means(x), grid.posterior_means(x)):
+        assert torch.allclose(m1, m2, atol=1e-5, rtol=0)
+    # a nonlinear expectation: Monte Carlo over exact posterior samples vs quadrature
+    fn = lambda z: torch.sigmoid(2 * z)  # noqa: E731
+    assert torch.allclose(closed.expectation(x, fn, 1), grid.expectation(x, fn, 1), atol=1e-3)
+
+
+def test_closed_form_posterior_matches_brute_force_conditioning():
+    """Posterior mean and covariance of z_1 from the joint against a Monte Carlo regression."""
+    truth = make_truth("linear-gaussian").model
+    exact = LinearGaussianInference(truth)
+    x, z1 = truth.sample(200_000, generator=3)[:2]
+    # E[z_1 | x] is linear in x: least squares on joint samples recovers it
+    design = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+    coef = torch.linalg.lstsq(design, z1).solution
+    mean, cov = exact.layer_posteriors(x[:500])[1]
+    assert torch.allclose(design[:500] @ coef, mean, atol=0.02)
+    residual = z1 - design @ coef
+    assert torch.allclose(torch.cov(residual.T), cov, atol=0.01)
+
+
+def test_quadrature_log_marginal_on_a_laplace_chain_matches_importance_sampling():
+    model = small_chain("laplace")
+    x = model.sample(5, generator=2)[0]
+    quadrature = ExactInference(model).log_marginal(x)
+    # prior proposal over the 2-D latent space: 400,000 draws per point is plenty here
+    n = 400_000
+    _, z1, z2 = model.sample(n, generator=5)
+    log_lik = torch.stack([model.layers[0].log_prob(xi.expand(n, 2), z1) for xi in x])
+    estimate = torch.logsumexp(log_lik, 1) - math.log(n)
+    # delta-method standard error of log(mean w): sd(w) / (mean(w) sqrt(n))
+    weights = (log_lik - log_lik.max(1, keepdim=True).values).exp()
+    standard_error = weights.std(1) / (weights.mean(1) * math.sqrt(n))
+    assert bool(((quadrature - estimate).abs() < 4 * standard_error + 1e-3).all())
+    # and the grid has converged: a 4x coarser one agrees to 1e-3
+    coarse = ExactInference(model, grid_points=200).log_marginal(x)
+    assert torch.allclose(quadrature, coarse, atol=1e-3)
+
+
+def test_exact_reference_refuses_what_it_cannot_do():
+    model = HierarchicalModel([Gaussian(3), Laplace(3, 3), Gaussian(4, 3)])
+    with pytest.raises(ValueError, match="quadrature handles continuous layers of at most 2"):
+        exact_reference(model)
+
+
+def test_encodings_of_a_continuous_layer_contain_its_statistics():
+    z = 3 + 5 * torch.randn(4000, 2, generator=torch.Generator().manual_seed(0))
+    encoding = LayerEncoding(2, 20, family="laplace", generator=1).double().calibrate(z.double())
+    t = encoding(z.double())
+    # standardised z (2), |z| / s (2), products u_i u_j with i <= j (3), 20 random, constant
+    assert t.shape[1] == 2 + 2 + 3 + 20 + 1
+    u = (z.double() - z.double().mean(0)) / z.double().std(0)
+    assert torch.allclose(t[:, :2], u, atol=1e-12)
+    assert torch.allclose(
+        t[:, 4:7], torch.stack([u[:, 0] ** 2, u[:, 0] * u[:, 1], u[:, 1] ** 2], 1)
+    )
+    # recalibration follows a moved layer: features keep their standardised meaning
+    before = encoding.random_features(z.double())
+    moved = 10 * z.double() - 7
+    assert encoding.drift(moved) > 1
+    encoding.calibrate(moved)
+    assert encoding.drift(moved) < 1e-6
+    assert torch.allclose(encoding.random_features(moved), before, atol=1e-9)
+
+
+def oracle_gradient(truth_name, n_points=100, n_dreams=20_000, negate=None):
+    """DDC gradient with exact E[T|x] at a perturbed truth; optionally one wake term negated."""
+    truth = make_truth(truth_name)
+    x = truth.splits(n_points, 0, 0, seed=7)["train"]
+    model = perturbed_model(truth.model, 0.5, seed=1)
+    reference = exact_reference(model)
+    ddc = DDCHelmholtzMachine(model, n_features=[100, 50], ridge=1e-6, generator=2)
+    dreams = ddc.dream(n_dreams)
+    solvers = [None] + [RidgeSolver(f, 1e-6) for f in ddc.encode(dreams[1:])]
+    r = [None] + [reference.expectation(x, e, layer=l) for l, e in enumerate(ddc.encodings, 1)]
+    terms = wake_terms(model, dreams, solvers, r, x)
+    objective = sum(-v if k == negate else v for k, v in terms.items())
+    return model.gradients(objective), reference.expected_gradient(x)
+
+
+def worst_tensor_error(estimate, exact):
+    """max over parameter tensors of ||estimate - exact|| / ||exact gradient, all tensors||."""
+    total = torch.cat([g.reshape(-1) for g in exact.values()]).norm()
+    return max(float((estimate[k] - exact[k]).norm() / total) for k in exact)
+
+
+@pytest.mark.parametrize("truth", ["linear-gaussian", "laplace-chain"])
+def test_oracle_ddc_gradient_is_exact_per_tensor_on_continuous_chains(truth):
+    estimate, exact = oracle_gradient(truth)
+    assert worst_tensor_error(estimate, exact) < 0.03
+
+
+def own_relative_errors(estimate, exact):
+    return {k: float((estimate[k] - exact[k]).norm() / exact[k].norm()) for k in exact}
+
+
+@pytest.mark.parametrize("term", ["observation", "latent_stats", "latent_partition", "prior"])
+def test_negating_any_wake_term_breaks_the_oracle_gradient(term):
+    """The oracle check is sensitive to every term of the wake objective: negated, each term
+    makes some tensor that is accurate to 5% of its own norm wrong by more than 100%."""
+    baseline = own_relative_errors(*oracle_gradient("linear-gaussian"))
+    negated = own_relative_errors(*oracle_gradient("linear-gaussian", negate=term))
+    broken = [k for k in baseline if baseline[k] < 0.05 and negated[k] > 1.0]
+    assert broken, (term, negated)

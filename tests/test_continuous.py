@@ -1,5 +1,6 @@
 """Continuous latents: exact references (closed form, quadrature) and the DDC gradient on them."""
 
+import copy
 import math
 
 import pytest
@@ -140,3 +141,38 @@ def test_negating_any_wake_term_breaks_the_oracle_gradient(term):
     negated = own_relative_errors(*oracle_gradient("linear-gaussian", negate=term))
     broken = [k for k in baseline if baseline[k] < 0.05 and negated[k] > 1.0]
     assert broken, (term, negated)
+
+
+def test_fit_proposal_draws_sleep_samples_dreams_per_step(monkeypatch):
+    from ddchm.evaluate import fit_proposal
+
+    model = make_truth("mixed").model.float()
+    sizes = []
+    original = HierarchicalModel.sample
+
+    def counting(self, n, generator=None):
+        sizes.append(n)
+        return original(self, n, generator=generator)
+
+    monkeypatch.setattr(HierarchicalModel, "sample", counting)
+    fit_proposal(model, n_steps=3, sleep_samples=321)
+    assert sizes and set(sizes) == {321}
+
+
+def test_diagnostics_do_not_change_the_run():
+    model = make_truth("sbn-hard").model.float()
+    x = model.sample(100, generator=1)[0]
+    runs = []
+    for every in (0, 2):
+        ddc = DDCHelmholtzMachine(
+            copy.deepcopy(model),
+            n_features=[20, 10],
+            sleep_samples=100,
+            hidden=(16,),
+            diagnostic_every=every,
+            generator=0,
+        )
+        for _ in range(4):
+            ddc.step(x)
+        runs.append(torch.cat([p.detach().reshape(-1) for p in ddc.model.parameters()]))
+    assert torch.equal(runs[0], runs[1])

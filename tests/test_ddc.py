@@ -8,8 +8,8 @@ import torch
 from ddchm.data import make_truth
 from ddchm.ddc import (
     DDCHelmholtzMachine,
-    NetworkRecognition,
     LayerEncoding,
+    NetworkRecognition,
     RidgeSolver,
     explicit_wake_gradient,
     wake_gradient,

@@ -247,5 +247,5 @@ def fit_proposal(
         sleep_samples=sleep_samples,
         generator=generator,
     )
-    sleeper.fit_recognition(n_steps)
+    sleeper.fit_recognition(n_steps, batch_size=sleep_samples)  # sleep_samples dreams a step
     return sleeper.recognition

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from ddchm.models import ExactInference, HierarchicalModel
+from ddchm.models import HierarchicalModel
 
 
 def flatten(grads: dict[str, torch.Tensor], names) -> torch.Tensor:
@@ -33,8 +33,9 @@ def perturbed_model(model: HierarchicalModel, sd: float = 0.5, seed: int = 0) ->
     return out
 
 
-def oracle_encodings(exact: ExactInference, encodings, x) -> list[torch.Tensor]:
-    """[E[T_1(z_1) | x], ..., E[T_L(z_L) | x]] computed exactly by enumeration."""
+def oracle_encodings(exact, encodings, x) -> list[torch.Tensor]:
+    """[E[T_1(z_1) | x], ..., E[T_L(z_L) | x]] from an exact reference (enumeration, quadrature or
+    the linear-Gaussian closed form: anything with ``expectation``, see models.exact_reference)."""
     return [
         exact.expectation(x, encoding, layer=l) for l, encoding in enumerate(encodings, start=1)
     ]

@@ -79,13 +79,14 @@ def _summary(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from ddchm.train import CHECKPOINT, load_checkpoint, read_metrics
+    from ddchm.train import CHECKPOINT, read_metrics
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / CHECKPOINT).exists():
+    if not (run_dir / CHECKPOINT).is_file():
         raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT} here; is it a ddchm run directory?")
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    records = read_metrics(run_dir)
+    _, state = _checkpoint_model(run_dir / CHECKPOINT)  # refuses a checkpoint that does not load
+    # records logged after the checkpoint belong to steps a resumed run will redo
+    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= state["step"]]
     evaluated = [r for r in records if "test_nll" in r or "posterior_mae" in r]
     summary = {
         "run": str(run_dir),
@@ -158,13 +159,21 @@ def _load_model(name: str):
             f"MODEL: {name!r} is neither a synthetic truth ({', '.join(sorted(TRUTHS))}) "
             "nor a run directory or checkpoint"
         )
+    return _checkpoint_model(path)[0]
+
+
+def _checkpoint_model(path: Path):
+    """(model, state) of a checkpoint file; CheckpointError if its model does not load."""
     from ddchm.models import HierarchicalModel
-    from ddchm.train import load_checkpoint
+    from ddchm.train import CheckpointError, load_checkpoint, restore_state
 
     state = load_checkpoint(path)
-    model = HierarchicalModel.from_config(state["model_config"])
-    model.load_state_dict(state["model"])
-    return model
+    try:
+        model = HierarchicalModel.from_config(state["model_config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its model_config is missing or invalid ({error})") from None
+    restore_state(path, state, model)
+    return model, state
 
 
 def cmd_sample(args) -> int:

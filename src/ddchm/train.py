@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -28,6 +30,10 @@ from ddchm.validation import check_positive_int, make_generator
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+# Version 1: a dict of tensors, numbers, strings, lists and dicts (loadable with
+# weights_only=True); checkpoints written before versioning load as version 0.
+FORMAT_VERSION = 1
+REQUIRED = ("model", "algorithm", "step", "data_generator")
 
 
 class CheckpointError(RuntimeError):
@@ -35,24 +41,98 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a killed process leaves the previous checkpoint intact."""
+    """Write atomically and durably: a killed process or a power cut leaves either the previous
+    checkpoint or the new one, never a torn file (write to a temporary, fsync, rename, fsync the
+    directory)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as handle:
+        torch.save({"format_version": FORMAT_VERSION, **state}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    try:
+        directory = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where directories cannot be opened
+        return
+    try:
+        os.fsync(directory)
+    except OSError:
+        pass
+    finally:
+        os.close(directory)
 
 
 def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint without executing anything it contains (``weights_only=True``: only
+    tensors, numbers, strings and containers of them are accepted, so a pickled payload is
+    refused, not run). Raises :class:`CheckpointError` naming the file and how to recover."""
+    path = Path(path)
+    recover = (
+        "Delete it (or the run directory) to start the run afresh, or restore a copy of the "
+        "checkpoint."
+    )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = _unpickler_detail(str(error))
+        if re.search(r"global|unsupported class|reduce", detail, re.IGNORECASE):
+            raise CheckpointError(
+                f"{path}: refused to load: it holds Python objects, which could run code, "
+                f"not only tensors and numbers ({detail}). A ddchm checkpoint never does; do not "
+                f"use this file. {recover}"
+            ) from None
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({detail}). It is damaged or not a ddchm "
+            f"checkpoint. {recover}"
+        ) from None
     except Exception as error:  # torch raises several types for damaged files
         raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({type(error).__name__}: {error}). "
-            "It is damaged or not a ddchm checkpoint; delete it to start the run afresh."
+            f"{path}: cannot read the checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else ''}). It is damaged or not a "
+            f"ddchm checkpoint. {recover}"
         ) from None
-    missing = {"model", "algorithm", "step", "data_generator"} - set(state)
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path}: not a ddchm checkpoint (holds a {type(state).__name__}). {recover}"
+        )
+    missing = [key for key in REQUIRED if key not in state]
     if missing:
-        raise CheckpointError(f"{path}: not a ddchm checkpoint (missing {sorted(missing)})")
+        raise CheckpointError(f"{path}: not a ddchm checkpoint (missing {missing}). {recover}")
+    version = state.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r}, this ddchm reads up to "
+            f"{FORMAT_VERSION}; upgrade ddchm to resume it"
+        )
     return state
+
+
+def _unpickler_detail(text: str) -> str:
+    """The informative part of torch's weights-only refusal, on one short line."""
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.?\s*Please use|\n\n|$)", text, re.S)
+    detail = match.group(1) if match else text
+    return " ".join(detail.split())[:200]
+
+
+def restore_state(path: Path, state: dict, model, algorithm=None, batches=None) -> None:
+    """Load a checkpoint's model (and algorithm and data order) state; a checkpoint of another
+    architecture or algorithm raises :class:`CheckpointError` naming the mismatch."""
+    try:
+        model.load_state_dict(state["model"])
+        if algorithm is not None:
+            saved = state.get("algorithm_name")
+            if saved is not None and saved != algorithm.name:
+                raise ValueError(f"it was written by algorithm {saved!r}, not {algorithm.name!r}")
+            algorithm.load_state_dict(state["algorithm"])
+        if batches is not None:
+            batches.load_state_dict(state["data_generator"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else repr(error)
+        raise CheckpointError(
+            f"{path}: does not match this run's model or algorithm ({first}). Use another run "
+            "directory (--out), or delete the checkpoint to start afresh."
+        ) from None
 
 
 class Minibatches:
@@ -120,9 +200,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         if (out / CHECKPOINT).exists():
             state = load_checkpoint(out / CHECKPOINT)
-            model.load_state_dict(state["model"])
-            algorithm.load_state_dict(state["algorithm"])
-            batches.load_state_dict(state["data_generator"])
+            restore_state(out / CHECKPOINT, state, model, algorithm, batches)
             start_step, elapsed = state["step"], state["elapsed"]
             records = _read_records(out / METRICS, upto=start_step)
         _write_records(out / METRICS, records)

@@ -152,3 +152,26 @@ def test_max_seconds_stops_training_early(tmp_path):
     )
     assert 0.5 <= result["final"]["time"] < 5 and result["final"]["step"] < 10**6
     assert "nll_gap" in result["final"]
+
+
+def test_cli_trains_on_an_array_file(tmp_path, capsys):
+    from ddchm.data import make_truth
+
+    x = make_truth("sbn-hard").model.sample(300, generator=5)[0].numpy()
+    np.save(tmp_path / "x.npy", x)
+    config = tmp_path / "array.toml"
+    config.write_text(
+        f'[data]\nsource = "array"\npath = "{tmp_path / "x.npy"}"\n'
+        '[model]\nlayers = [{family = "bernoulli", dim = 4}, {family = "bernoulli", dim = 8}]\n'
+        '[algorithm]\nname = "ddc"\nn_features = 20\nsleep_samples = 100\nhidden = [16]\n'
+        "[train]\nsteps = 6\nbatch_size = 30\neval_every = 6\n[evaluate]\nposterior_points = 20\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert "array data" in capsys.readouterr().out
+    assert main(["evaluate", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 6 and np.isfinite(summary["test_nll"])
+    np.save(tmp_path / "x.npy", x[:5])  # too few rows for a test split
+    assert main(["train", str(config), "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
+    assert "has 5 rows" in capsys.readouterr().err

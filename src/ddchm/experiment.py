@@ -18,6 +18,7 @@ import inspect
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import tomllib
 import torch
 
@@ -174,12 +175,15 @@ def build_data(section: dict) -> dict:
 
         if section["path"] is None:
             raise ConfigError("data.path: the 'array' source needs a file (.npy, .npz, .csv)")
-        array = load_array(section["path"], key=section["key"])
-        train, valid, test = split_train_valid_test(array, seed=section["seed"])
+        array = load_array(section["path"], key=section["key"], dtype=np.float64)
+        splits = split_train_valid_test(array, seed=section["seed"])
+        if min(part.shape[0] for part in splits.values()) == 0:
+            raise ConfigError(
+                f"data.path: {section['path']} has {array.shape[0]} rows; the 80/10/10 "
+                "train/valid/test split needs at least 10"
+            )
         return {
-            "train": torch.as_tensor(train, dtype=torch.float64),
-            "valid": torch.as_tensor(valid, dtype=torch.float64),
-            "test": torch.as_tensor(test, dtype=torch.float64),
+            **{split: torch.as_tensor(part) for split, part in splits.items()},
             "truth": None,
         }
     if source == "mnist":

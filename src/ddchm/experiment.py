@@ -22,6 +22,13 @@ import numpy as np
 import tomllib
 import torch
 
+from ddchm.config_schema import (
+    SCHEMA,
+    ConfigError,
+    check_algorithm_arguments,
+    choice,
+    did_you_mean,
+)
 from ddchm.models import ExactInference, HierarchicalModel
 
 DEFAULTS = {
@@ -72,16 +79,13 @@ ALGORITHMS = {
 }
 
 
-class ConfigError(ValueError):
-    """A config that names an unknown section, key or value."""
-
-
 def algorithm_class(name: str):
     try:
         module, cls = ALGORITHMS[name].split(":")
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(
-            f"algorithm.name: unknown algorithm {name!r}; expected one of {sorted(ALGORITHMS)}"
+            f"algorithm.name: unknown algorithm {name!r}{did_you_mean(name, ALGORITHMS)}; "
+            f"expected one of {sorted(ALGORITHMS)}"
         ) from None
     return getattr(importlib.import_module(module), cls)
 
@@ -101,29 +105,50 @@ def load_config(source: str | Path | dict | None = None, overrides: dict | None 
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"{path}: config file not found")
+        if not path.is_file():
+            raise ConfigError(f"{path}: is a directory, expected a TOML config file")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file; expected a TOML config") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML ({error})") from None
         origin = str(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a table of sections, got {type(raw).__name__}")
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
     config = {}
     for section, values in raw.items():
         if section not in DEFAULTS:
-            raise ConfigError(f"{origin}: unknown section [{section}]; expected {sorted(DEFAULTS)}")
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]{did_you_mean(section, DEFAULTS)}; "
+                f"expected {sorted(DEFAULTS)}"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table")
         if section != "algorithm":
-            unknown = set(values) - set(DEFAULTS[section])
+            unknown = sorted(set(values) - set(DEFAULTS[section]), key=str)
             if unknown:
                 raise ConfigError(
-                    f"{origin}: unknown key(s) {sorted(unknown)} in [{section}]; "
+                    f"{origin}: unknown key(s) {unknown} in [{section}]"
+                    f"{did_you_mean(unknown[0], DEFAULTS[section])}; "
                     f"expected some of {sorted(DEFAULTS[section])}"
                 )
     for section, defaults in DEFAULTS.items():
         config[section] = {**defaults, **raw.get(section, {})}
-    _check_algorithm_arguments(config["algorithm"], origin)
+    try:
+        for section, checks in SCHEMA.items():
+            for key, check in checks.items():
+                config[section][key] = check(config[section][key], f"{section}.{key}")
+        data = config["data"]
+        if data["source"] == "synthetic":
+            from ddchm.data.synthetic import TRUTHS
+
+            choice(*TRUTHS)(data["name"], "data.name")
+        _check_algorithm_arguments(config["algorithm"], origin)
+    except ConfigError as error:
+        raise ConfigError(f"{origin}: {error}") from None
     return config
 
 
@@ -143,19 +168,37 @@ def keyword_arguments(cls) -> set[str]:
 
 def _check_algorithm_arguments(section: dict, origin: str) -> None:
     cls = algorithm_class(section["name"])
-    allowed = keyword_arguments(cls)
-    unknown = set(section) - allowed - {"name"}
+    allowed = keyword_arguments(cls) - {"generator"}  # the run's train.seed seeds it
+    unknown = sorted(set(section) - allowed - {"name"}, key=str)
     if unknown:
         raise ConfigError(
-            f"{origin}: unknown argument(s) {sorted(unknown)} for algorithm "
-            f"{section['name']!r}; it takes {sorted(allowed)}"
+            f"unknown argument(s) {unknown} for algorithm {section['name']!r}"
+            f"{did_you_mean(unknown[0], allowed)}; it takes {sorted(allowed)}"
         )
+    check_algorithm_arguments(section, cls, allowed)
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N' or 'mps', checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device: {name!r} asked for, but torch sees no CUDA GPU "
+                "(torch.cuda.is_available() is False); use 'cpu' or 'auto'"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device: {name!r} asked for, but there are only "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(f"train.device: {name!r} asked for, but MPS is not available")
+    return device
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -252,7 +295,12 @@ def build_algorithm(section: dict, model: HierarchicalModel, seed: int):
     for key in ("hidden", "n_features"):
         if isinstance(arguments.get(key), list):
             arguments[key] = tuple(arguments[key])
-    return algorithm_class(section["name"])(model, generator=seed, **arguments)
+    try:
+        return algorithm_class(section["name"])(model, generator=seed, **arguments)
+    except (ValueError, TypeError) as error:  # the constructor's own checks name the argument
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"[algorithm] {section['name']}: {error}") from None
 
 
 # --- evaluation ----------------------------------------------------------------------------

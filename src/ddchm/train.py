@@ -197,7 +197,17 @@ def train(
     start_step, elapsed = 0, 0.0
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out}: is a file; the run directory must be a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except PermissionError as error:
+            raise PermissionError(
+                f"{out}: cannot write in the run directory ({error.strerror}); choose another --out"
+            ) from None
         if (out / CHECKPOINT).exists():
             state = load_checkpoint(out / CHECKPOINT)
             restore_state(out / CHECKPOINT, state, model, algorithm, batches)

@@ -332,12 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from ddchm.train import CheckpointError
+    from ddchm.train import CheckpointError, DivergenceError, TrainingInterrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as stop:
+        print(f"ddchm: interrupted: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except DivergenceError as error:
+        print(f"ddchm: error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     except (ValueError, TypeError, OSError, CheckpointError) as error:
         # expected failures (bad config, data, paths, checkpoints): one line, no traceback
         print(f"ddchm: error: {' '.join(str(error).split())}", file=sys.stderr)

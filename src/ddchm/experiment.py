@@ -343,9 +343,64 @@ class Evaluator:
         return out
 
 
+# may differ between a run and its resumption: how long and how often, not what is learned
+RESUMABLE = {
+    "train": {"steps", "log_every", "eval_every", "checkpoint_every", "max_seconds", "device"},
+    "evaluate": {"posterior_points"},
+}
+
+
+def config_differences(saved: dict, config: dict) -> list[str]:
+    """'section.key: saved -> new' for each setting that changes what a resumed run learns."""
+
+    def plain(value):  # TOML gives lists, the Python API may give tuples
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    out = []
+    for section in sorted(set(saved) | set(config)):
+        old, new = saved.get(section, {}), config.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if key in RESUMABLE.get(section, ()):
+                continue
+            a, b = plain(old.get(key, "(unset)")), plain(new.get(key, "(unset)"))
+            if a != b:
+                out.append(f"{section}.{key}: {a!r} -> {b!r}")
+    return out
+
+
+def check_resume(out_dir: str | Path, config: dict) -> None:
+    """Refuse to resume a run directory whose checkpoint was made with other hyper-parameters:
+    the optimiser would keep the old ones while the checkpoint recorded the new."""
+    from ddchm.train import CHECKPOINT, load_checkpoint
+
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        return
+    saved = load_checkpoint(path).get("config")
+    if not isinstance(saved, dict):
+        return  # a checkpoint written without a config (the Python API)
+    changed = config_differences(saved, config)
+    if changed:
+        raise ConfigError(
+            f"{path}: this run was made with a different config, so it cannot be resumed with "
+            f"this one ({'; '.join(changed)}). Use the original settings to resume, or another "
+            "run directory (--out) for the new ones. Only train.steps, log_every, eval_every, "
+            "checkpoint_every, max_seconds, device and [evaluate] may change on resuming."
+        )
+
+
 def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Train as configured; returns {'records', 'final', 'model', 'algorithm', 'data'}."""
+    """Train as configured; returns {'records', 'final', 'model', 'algorithm', 'data'}.
+
+    An ``out_dir`` holding a checkpoint is resumed if its saved config matches (see
+    :func:`check_resume`)."""
     device = resolve_device(config["train"]["device"])
+    if out_dir is not None:
+        check_resume(out_dir, config)
     data = build_data(config["data"])
     model = build_model(config["model"], data).to(device)
     algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])

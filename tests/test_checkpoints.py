@@ -229,3 +229,19 @@ def test_any_checkpoint_bytes_load_or_raise_checkpoint_error(tmp_path, blob):
         assert str(path) in str(error)
     else:
         assert isinstance(state, dict) and {"model", "algorithm", "step"} <= set(state)
+
+
+def test_checkpoint_with_nan_is_refused_by_resume_evaluate_and_sample(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny_run(out)
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    torch.save(state, out / CHECKPOINT)
+    for command in (["evaluate", str(out)], ["sample", str(out), "-o", str(tmp_path / "s.npy")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"tensor model.{name} is NaN or infinite" in err, err
+    assert not (tmp_path / "s.npy").exists()
+    with pytest.raises(CheckpointError, match="is NaN or infinite"):
+        tiny_run(out, steps=8)

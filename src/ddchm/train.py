@@ -119,7 +119,15 @@ def _unpickler_detail(text: str) -> str:
 
 def restore_state(path: Path, state: dict, model, algorithm=None, batches=None) -> None:
     """Load a checkpoint's model (and algorithm and data order) state; a checkpoint of another
-    architecture or algorithm raises :class:`CheckpointError` naming the mismatch."""
+    architecture or algorithm raises :class:`CheckpointError` naming the mismatch, and so does
+    one holding NaN or infinite values (from a diverged run of an older ddchm, or tampered)."""
+    parts = {"model": state.get("model"), "algorithm": state.get("algorithm")}
+    problem = _first_non_finite(list(_floating_tensors(parts)), "tensor")
+    if problem is not None:
+        raise CheckpointError(
+            f"{path}: {problem.replace('became', 'is')}; resuming or sampling from it would give "
+            "nonsense. Delete it to start afresh."
+        )
     try:
         model.load_state_dict(state["model"])
         if algorithm is not None:
@@ -259,7 +267,10 @@ class DivergenceGuard:
 
 
 def _first_non_finite(named: list[tuple[str, torch.Tensor]], what: str) -> str | None:
-    if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+    flags: dict[torch.device, list[torch.Tensor]] = {}  # one sync per device, not per tensor
+    for _, tensor in named:  # (optimiser step counts stay on the CPU under a CUDA model)
+        flags.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
+    if all(bool(torch.stack(group).all()) for group in flags.values()):
         return None
     name, tensor = next((n, t) for n, t in named if not bool(torch.isfinite(t).all()))
     bad = int((~torch.isfinite(tensor)).sum())

@@ -151,3 +151,63 @@ def test_split_train_valid_test():
         split_train_valid_test(data, (0.5, 0.2, 0.2))
     with pytest.raises(ValueError, match="fractions"):
         split_train_valid_test(data, (0.5, 0.5))
+
+
+def test_values_beyond_float32_are_named_not_turned_into_inf(tmp_path):
+    big = np.ones((3, 2))
+    big[1, 0] = 1e39
+    np.save(tmp_path / "big.npy", big)
+    with pytest.raises(ValueError, match=r"row 2, column 1 is 1e\+39, too large for float32"):
+        load_array(tmp_path / "big.npy")
+    assert load_array(tmp_path / "big.npy", dtype=np.float64)[1, 0] == 1e39
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+ANY_ARRAY = hnp.arrays(
+    dtype=st.sampled_from([np.float64, np.float32, np.float16, np.int64, np.uint8, np.bool_]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+)
+
+
+def loads_or_raises_documented_error(path, **kwargs):
+    """load_array's contract: a finite 2-D float32 matrix, or ValueError / TypeError naming the
+    file."""
+    try:
+        array = load_array(path, **kwargs)
+    except (ValueError, TypeError) as error:
+        assert str(path) in str(error) or "observation" in str(error)
+        return None
+    assert array.ndim == 2 and array.dtype == np.float32 and np.isfinite(array).all()
+    return array
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(array=ANY_ARRAY, observation=st.sampled_from([None, "bernoulli", "gaussian"]))
+def test_any_saved_array_loads_or_raises_a_named_error(tmp_path, array, observation):
+    np.save(tmp_path / "a.npy", array)
+    loaded = loads_or_raises_documented_error(tmp_path / "a.npy", observation=observation)
+    if loaded is not None:
+        assert loaded.shape == array.shape
+        if observation == "bernoulli":
+            assert set(np.unique(loaded)) <= {0.0, 1.0}
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    blob=st.one_of(
+        st.binary(max_size=300),
+        st.text(alphabet="0123456789.,-e \n\tnaNif;x", max_size=200).map(str.encode),
+    ),
+    extension=st.sampled_from([".npy", ".npz", ".csv", ".txt", ".csv.gz"]),
+)
+def test_any_file_bytes_load_or_raise_a_named_error(tmp_path, blob, extension):
+    path = tmp_path / f"f{extension}"
+    path.write_bytes(blob)
+    loads_or_raises_documented_error(path)

@@ -152,3 +152,54 @@ def test_max_seconds_stops_training_early(tmp_path):
     )
     assert 0.5 <= result["final"]["time"] < 5 and result["final"]["step"] < 10**6
     assert "nll_gap" in result["final"]
+
+
+def test_cli_trains_on_an_array_file(tmp_path, capsys):
+    from ddchm.data import make_truth
+
+    x = make_truth("sbn-hard").model.sample(300, generator=5)[0].numpy()
+    np.save(tmp_path / "x.npy", x)
+    config = tmp_path / "array.toml"
+    config.write_text(
+        f'[data]\nsource = "array"\npath = "{tmp_path / "x.npy"}"\n'
+        '[model]\nlayers = [{family = "bernoulli", dim = 4}, {family = "bernoulli", dim = 8}]\n'
+        '[algorithm]\nname = "ddc"\nn_features = 20\nsleep_samples = 100\nhidden = [16]\n'
+        "[train]\nsteps = 6\nbatch_size = 30\neval_every = 6\n[evaluate]\nposterior_points = 20\n"
+    )
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert "array data" in capsys.readouterr().out
+    assert main(["evaluate", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 6 and np.isfinite(summary["test_nll"])
+    np.save(tmp_path / "x.npy", x[:5])  # too few rows for a test split
+    assert main(["train", str(config), "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
+    assert "has 5 rows" in capsys.readouterr().err
+
+
+def test_resume_under_a_changed_config_is_refused_with_the_difference(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    text = (
+        '[data]\nname = "sbn-hard"\nn_train = 300\nn_test = 100\n'
+        '[algorithm]\nname = "ddc"\nn_features = 20\nsleep_samples = 100\nhidden = [16]\n'
+        "lr = 0.02\n[train]\nsteps = 4\nbatch_size = 30\neval_every = 4\n"
+    )
+    config.write_text(text)
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
+    saved = (out / "checkpoint.pt").read_bytes()
+    for old, new, shown in [
+        ("lr = 0.02", "lr = 0.05", "algorithm.lr: 0.02 -> 0.05"),
+        ("n_train = 300", "n_train = 200", "data.n_train: 300 -> 200"),
+        ("steps = 4\n", "steps = 4\nseed = 7\n", "train.seed: 0 -> 7"),
+    ]:
+        config.write_text(text.replace(old, new))
+        assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert shown in err and "different config" in err and len(err.strip().splitlines()) == 1
+        assert (out / "checkpoint.pt").read_bytes() == saved  # nothing touched
+    # --seed on the command line is a change too; more steps and another log rhythm are not
+    assert main(["train", str(config), "--out", str(out), "--seed", "3", "--no-progress"]) == 2
+    config.write_text(text.replace("steps = 4", "steps = 8\nlog_every = 2"))
+    assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 8

@@ -15,6 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+EXIT_USER_ERROR = 2  # bad config, data, path or checkpoint: one line on stderr
+EXIT_DIVERGED = 3  # training stopped on NaN/inf or a blow-up; the last good checkpoint is kept
+EXIT_SIGINT = 130  # Ctrl-C: the run saved a checkpoint after the last whole step
+EXIT_SIGTERM = 143  # SIGTERM (e.g. a scheduler): the same
+
+EXIT_CODES = f"""exit codes:
+  0    success
+  {EXIT_USER_ERROR}    bad input (config, data, path, checkpoint): one line on stderr naming it
+  {EXIT_DIVERGED}    training diverged (NaN, inf or a blow-up): the step was not applied, the
+       last good checkpoint is kept, and the message names the tensor and step
+  {EXIT_SIGINT}  interrupted by Ctrl-C (SIGINT), {EXIT_SIGTERM} by SIGTERM: the run saved a
+       checkpoint after its last whole step; the same command resumes it exactly
+"""
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -79,13 +93,14 @@ def _summary(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from ddchm.train import CHECKPOINT, load_checkpoint, read_metrics
+    from ddchm.train import CHECKPOINT, read_metrics
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / CHECKPOINT).exists():
+    if not (run_dir / CHECKPOINT).is_file():
         raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT} here; is it a ddchm run directory?")
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    records = read_metrics(run_dir)
+    _, state = _checkpoint_model(run_dir / CHECKPOINT)  # refuses a checkpoint that does not load
+    # records logged after the checkpoint belong to steps a resumed run will redo
+    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= state["step"]]
     evaluated = [r for r in records if "test_nll" in r or "posterior_mae" in r]
     summary = {
         "run": str(run_dir),
@@ -158,16 +173,28 @@ def _load_model(name: str):
             f"MODEL: {name!r} is neither a synthetic truth ({', '.join(sorted(TRUTHS))}) "
             "nor a run directory or checkpoint"
         )
+    return _checkpoint_model(path)[0]
+
+
+def _checkpoint_model(path: Path):
+    """(model, state) of a checkpoint file; CheckpointError if its model does not load."""
     from ddchm.models import HierarchicalModel
-    from ddchm.train import load_checkpoint
+    from ddchm.train import CheckpointError, load_checkpoint, restore_state
 
     state = load_checkpoint(path)
-    model = HierarchicalModel.from_config(state["model_config"])
-    model.load_state_dict(state["model"])
-    return model
+    try:
+        model = HierarchicalModel.from_config(state["model_config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: its model_config is missing or invalid ({error})") from None
+    restore_state(path, state, model)
+    return model, state
 
 
 def cmd_sample(args) -> int:
+    if Path(args.output).is_dir():
+        raise ValueError(f"-o/--output: {args.output} is a directory; give a file name")
+    if Path(args.output).suffix not in (".npy", ".npz", ".csv"):
+        raise ValueError(f"-o/--output: {args.output}: expected a .npy, .npz or .csv file name")
     model = _load_model(args.model)
     samples = model.sample(args.n, generator=args.seed)
     arrays = {"x": samples[0].cpu().numpy()}
@@ -240,7 +267,10 @@ def cmd_data_patches(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ddchm", description="The DDC Helmholtz machine and its baselines."
+        prog="ddchm",
+        description="The DDC Helmholtz machine and its baselines.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -302,19 +332,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from ddchm.train import CheckpointError, DivergenceError, TrainingInterrupted
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+    except TrainingInterrupted as stop:
+        print(f"ddchm: interrupted: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except DivergenceError as error:
         print(f"ddchm: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "ddchm: interrupted; the run's checkpoint is saved, run again to resume",
-            file=sys.stderr,
-        )
-        return 130
+        return EXIT_DIVERGED
+    except (ValueError, TypeError, OSError, CheckpointError) as error:
+        # expected failures (bad config, data, paths, checkpoints): one line, no traceback
+        print(f"ddchm: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # outside a training run: nothing to save
+        print("ddchm: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":

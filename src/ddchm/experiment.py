@@ -18,9 +18,17 @@ import inspect
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import tomllib
 import torch
 
+from ddchm.config_schema import (
+    SCHEMA,
+    ConfigError,
+    check_algorithm_arguments,
+    choice,
+    did_you_mean,
+)
 from ddchm.models import HierarchicalModel, exact_reference
 
 DEFAULTS = {
@@ -71,16 +79,13 @@ ALGORITHMS = {
 }
 
 
-class ConfigError(ValueError):
-    """A config that names an unknown section, key or value."""
-
-
 def algorithm_class(name: str):
     try:
         module, cls = ALGORITHMS[name].split(":")
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(
-            f"algorithm.name: unknown algorithm {name!r}; expected one of {sorted(ALGORITHMS)}"
+            f"algorithm.name: unknown algorithm {name!r}{did_you_mean(name, ALGORITHMS)}; "
+            f"expected one of {sorted(ALGORITHMS)}"
         ) from None
     return getattr(importlib.import_module(module), cls)
 
@@ -100,29 +105,50 @@ def load_config(source: str | Path | dict | None = None, overrides: dict | None 
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"{path}: config file not found")
+        if not path.is_file():
+            raise ConfigError(f"{path}: is a directory, expected a TOML config file")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file; expected a TOML config") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML ({error})") from None
         origin = str(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a table of sections, got {type(raw).__name__}")
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
     config = {}
     for section, values in raw.items():
         if section not in DEFAULTS:
-            raise ConfigError(f"{origin}: unknown section [{section}]; expected {sorted(DEFAULTS)}")
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]{did_you_mean(section, DEFAULTS)}; "
+                f"expected {sorted(DEFAULTS)}"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table")
         if section != "algorithm":
-            unknown = set(values) - set(DEFAULTS[section])
+            unknown = sorted(set(values) - set(DEFAULTS[section]), key=str)
             if unknown:
                 raise ConfigError(
-                    f"{origin}: unknown key(s) {sorted(unknown)} in [{section}]; "
+                    f"{origin}: unknown key(s) {unknown} in [{section}]"
+                    f"{did_you_mean(unknown[0], DEFAULTS[section])}; "
                     f"expected some of {sorted(DEFAULTS[section])}"
                 )
     for section, defaults in DEFAULTS.items():
         config[section] = {**defaults, **raw.get(section, {})}
-    _check_algorithm_arguments(config["algorithm"], origin)
+    try:
+        for section, checks in SCHEMA.items():
+            for key, check in checks.items():
+                config[section][key] = check(config[section][key], f"{section}.{key}")
+        data = config["data"]
+        if data["source"] == "synthetic":
+            from ddchm.data.synthetic import TRUTHS
+
+            choice(*TRUTHS)(data["name"], "data.name")
+        _check_algorithm_arguments(config["algorithm"], origin)
+    except ConfigError as error:
+        raise ConfigError(f"{origin}: {error}") from None
     return config
 
 
@@ -142,19 +168,37 @@ def keyword_arguments(cls) -> set[str]:
 
 def _check_algorithm_arguments(section: dict, origin: str) -> None:
     cls = algorithm_class(section["name"])
-    allowed = keyword_arguments(cls)
-    unknown = set(section) - allowed - {"name"}
+    allowed = keyword_arguments(cls) - {"generator"}  # the run's train.seed seeds it
+    unknown = sorted(set(section) - allowed - {"name"}, key=str)
     if unknown:
         raise ConfigError(
-            f"{origin}: unknown argument(s) {sorted(unknown)} for algorithm "
-            f"{section['name']!r}; it takes {sorted(allowed)}"
+            f"unknown argument(s) {unknown} for algorithm {section['name']!r}"
+            f"{did_you_mean(unknown[0], allowed)}; it takes {sorted(allowed)}"
         )
+    check_algorithm_arguments(section, cls, allowed)
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N' or 'mps', checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device: {name!r} asked for, but torch sees no CUDA GPU "
+                "(torch.cuda.is_available() is False); use 'cpu' or 'auto'"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"train.device: {name!r} asked for, but there are only "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(f"train.device: {name!r} asked for, but MPS is not available")
+    return device
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -174,12 +218,15 @@ def build_data(section: dict) -> dict:
 
         if section["path"] is None:
             raise ConfigError("data.path: the 'array' source needs a file (.npy, .npz, .csv)")
-        array = load_array(section["path"], key=section["key"])
-        train, valid, test = split_train_valid_test(array, seed=section["seed"])
+        array = load_array(section["path"], key=section["key"], dtype=np.float64)
+        splits = split_train_valid_test(array, seed=section["seed"])
+        if min(part.shape[0] for part in splits.values()) == 0:
+            raise ConfigError(
+                f"data.path: {section['path']} has {array.shape[0]} rows; the 80/10/10 "
+                "train/valid/test split needs at least 10"
+            )
         return {
-            "train": torch.as_tensor(train, dtype=torch.float64),
-            "valid": torch.as_tensor(valid, dtype=torch.float64),
-            "test": torch.as_tensor(test, dtype=torch.float64),
+            **{split: torch.as_tensor(part) for split, part in splits.items()},
             "truth": None,
         }
     if source == "mnist":
@@ -248,7 +295,12 @@ def build_algorithm(section: dict, model: HierarchicalModel, seed: int):
     for key in ("hidden", "n_features"):
         if isinstance(arguments.get(key), list):
             arguments[key] = tuple(arguments[key])
-    return algorithm_class(section["name"])(model, generator=seed, **arguments)
+    try:
+        return algorithm_class(section["name"])(model, generator=seed, **arguments)
+    except (ValueError, TypeError) as error:  # the constructor's own checks name the argument
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"[algorithm] {section['name']}: {error}") from None
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -291,9 +343,64 @@ class Evaluator:
         return out
 
 
+# may differ between a run and its resumption: how long and how often, not what is learned
+RESUMABLE = {
+    "train": {"steps", "log_every", "eval_every", "checkpoint_every", "max_seconds", "device"},
+    "evaluate": {"posterior_points"},
+}
+
+
+def config_differences(saved: dict, config: dict) -> list[str]:
+    """'section.key: saved -> new' for each setting that changes what a resumed run learns."""
+
+    def plain(value):  # TOML gives lists, the Python API may give tuples
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    out = []
+    for section in sorted(set(saved) | set(config)):
+        old, new = saved.get(section, {}), config.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if key in RESUMABLE.get(section, ()):
+                continue
+            a, b = plain(old.get(key, "(unset)")), plain(new.get(key, "(unset)"))
+            if a != b:
+                out.append(f"{section}.{key}: {a!r} -> {b!r}")
+    return out
+
+
+def check_resume(out_dir: str | Path, config: dict) -> None:
+    """Refuse to resume a run directory whose checkpoint was made with other hyper-parameters:
+    the optimiser would keep the old ones while the checkpoint recorded the new."""
+    from ddchm.train import CHECKPOINT, load_checkpoint
+
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        return
+    saved = load_checkpoint(path).get("config")
+    if not isinstance(saved, dict):
+        return  # a checkpoint written without a config (the Python API)
+    changed = config_differences(saved, config)
+    if changed:
+        raise ConfigError(
+            f"{path}: this run was made with a different config, so it cannot be resumed with "
+            f"this one ({'; '.join(changed)}). Use the original settings to resume, or another "
+            "run directory (--out) for the new ones. Only train.steps, log_every, eval_every, "
+            "checkpoint_every, max_seconds, device and [evaluate] may change on resuming."
+        )
+
+
 def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Train as configured; returns {'records', 'final', 'model', 'algorithm', 'data'}."""
+    """Train as configured; returns {'records', 'final', 'model', 'algorithm', 'data'}.
+
+    An ``out_dir`` holding a checkpoint is resumed if its saved config matches (see
+    :func:`check_resume`)."""
     device = resolve_device(config["train"]["device"])
+    if out_dir is not None:
+        check_resume(out_dir, config)
     data = build_data(config["data"])
     model = build_model(config["model"], data).to(device)
     algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])

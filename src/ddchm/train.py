@@ -12,9 +12,13 @@ uninterrupted run exactly (every random draw goes through saved generators).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import os
+import pickle
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -28,6 +32,10 @@ from ddchm.validation import check_positive_int, make_generator
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+# Version 1: a dict of tensors, numbers, strings, lists and dicts (loadable with
+# weights_only=True); checkpoints written before versioning load as version 0.
+FORMAT_VERSION = 1
+REQUIRED = ("model", "algorithm", "step", "data_generator")
 
 
 class CheckpointError(RuntimeError):
@@ -35,24 +43,106 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a killed process leaves the previous checkpoint intact."""
+    """Write atomically and durably: a killed process or a power cut leaves either the previous
+    checkpoint or the new one, never a torn file (write to a temporary, fsync, rename, fsync the
+    directory)."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as handle:
+        torch.save({"format_version": FORMAT_VERSION, **state}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    try:
+        directory = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where directories cannot be opened
+        return
+    try:
+        os.fsync(directory)
+    except OSError:
+        pass
+    finally:
+        os.close(directory)
 
 
 def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint without executing anything it contains (``weights_only=True``: only
+    tensors, numbers, strings and containers of them are accepted, so a pickled payload is
+    refused, not run). Raises :class:`CheckpointError` naming the file and how to recover."""
+    path = Path(path)
+    recover = (
+        "Delete it (or the run directory) to start the run afresh, or restore a copy of the "
+        "checkpoint."
+    )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = _unpickler_detail(str(error))
+        if re.search(r"global|unsupported class|reduce", detail, re.IGNORECASE):
+            raise CheckpointError(
+                f"{path}: refused to load: it holds Python objects, which could run code, "
+                f"not only tensors and numbers ({detail}). A ddchm checkpoint never does; do not "
+                f"use this file. {recover}"
+            ) from None
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({detail}). It is damaged or not a ddchm "
+            f"checkpoint. {recover}"
+        ) from None
     except Exception as error:  # torch raises several types for damaged files
         raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({type(error).__name__}: {error}). "
-            "It is damaged or not a ddchm checkpoint; delete it to start the run afresh."
+            f"{path}: cannot read the checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else ''}). It is damaged or not a "
+            f"ddchm checkpoint. {recover}"
         ) from None
-    missing = {"model", "algorithm", "step", "data_generator"} - set(state)
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path}: not a ddchm checkpoint (holds a {type(state).__name__}). {recover}"
+        )
+    missing = [key for key in REQUIRED if key not in state]
     if missing:
-        raise CheckpointError(f"{path}: not a ddchm checkpoint (missing {sorted(missing)})")
+        raise CheckpointError(f"{path}: not a ddchm checkpoint (missing {missing}). {recover}")
+    version = state.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r}, this ddchm reads up to "
+            f"{FORMAT_VERSION}; upgrade ddchm to resume it"
+        )
     return state
+
+
+def _unpickler_detail(text: str) -> str:
+    """The informative part of torch's weights-only refusal, on one short line."""
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.?\s*Please use|\n\n|$)", text, re.S)
+    detail = match.group(1) if match else text
+    return " ".join(detail.split())[:200]
+
+
+def restore_state(path: Path, state: dict, model, algorithm=None, batches=None) -> None:
+    """Load a checkpoint's model (and algorithm and data order) state; a checkpoint of another
+    architecture or algorithm raises :class:`CheckpointError` naming the mismatch, and so does
+    one holding NaN or infinite values (from a diverged run of an older ddchm, or tampered)."""
+    parts = {"model": state.get("model"), "algorithm": state.get("algorithm")}
+    problem = _first_non_finite(list(_floating_tensors(parts)), "tensor")
+    if problem is not None:
+        raise CheckpointError(
+            f"{path}: {problem.replace('became', 'is')}; resuming or sampling from it would give "
+            "nonsense. Delete it to start afresh."
+        )
+    try:
+        model.load_state_dict(state["model"])
+        if algorithm is not None:
+            saved = state.get("algorithm_name")
+            if saved is not None and saved != algorithm.name:
+                raise ValueError(f"it was written by algorithm {saved!r}, not {algorithm.name!r}")
+            algorithm.load_state_dict(state["algorithm"])
+        if batches is not None:
+            batches.load_state_dict(state["data_generator"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else repr(error)
+        raise CheckpointError(
+            f"{path}: does not match this run's model or algorithm ({first}). Use another run "
+            "directory (--out), or delete the checkpoint to start afresh."
+        ) from None
 
 
 class Minibatches:
@@ -85,6 +175,142 @@ class Minibatches:
         self.order, self.position = state["order"], state["position"]
 
 
+class DivergenceError(FloatingPointError):
+    """A step made the model or algorithm state NaN/inf, or training blew up; the message names
+    the tensor or figure and the step. The failing step was not applied."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run between two whole steps, after saving a checkpoint."""
+
+    def __init__(self, signal_number: int, step: int, out_dir: Path):
+        self.signal_number, self.step, self.out_dir = signal_number, step, out_dir
+        self.exit_code = 128 + signal_number  # the shell's convention: 130 SIGINT, 143 SIGTERM
+        name = signal.Signals(signal_number).name
+        super().__init__(
+            f"{name} at step {step}: checkpoint saved in {out_dir}; run the same command again "
+            "to resume exactly"
+        )
+
+
+class DivergenceGuard:
+    """Decides, after each step, whether training has gone wrong.
+
+    A step is refused when any model parameter, any floating tensor of the algorithm's state or
+    any returned metric is NaN/inf; when it moved the parameters by more than
+    ``max_relative_update`` times their norm (+1); or when ``grad_norm`` exceeds ``factor``
+    times its running median (over the last ``window`` steps, once ``warmup`` are seen). At an
+    evaluation, a ``test_nll`` more than ``max(nll_tolerance, |best|/2)`` nats above the best so
+    far means the run has diverged. Thresholds are orders of magnitude beyond what a healthy run
+    does, so they do not fire on noise.
+    """
+
+    def __init__(
+        self, factor=1e4, window=100, warmup=10, max_relative_update=1e3, nll_tolerance=10.0
+    ):
+        self.factor, self.window, self.warmup = factor, window, warmup
+        self.max_relative_update, self.nll_tolerance = max_relative_update, nll_tolerance
+        self.grad_norms: list[float] = []
+        self.best_nll: tuple[float, int] | None = None
+
+    def check_step(self, step, model, metrics, before: list[torch.Tensor]) -> str | None:
+        """The problem with the step just taken (``before``: the parameters before it), or None."""
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                return f"metric {key} = {value}"
+        params = [p.detach() for p in model.parameters()]
+        problem = _first_non_finite(
+            [(f"model parameter {n}", p.detach()) for n, p in model.named_parameters()],
+            "model parameter",
+        )
+        if problem is not None:
+            return problem
+        change = torch.stack([(p - b).double().pow(2).sum() for p, b in zip(params, before)])
+        size = torch.stack([b.double().pow(2).sum() for b in before])
+        relative = float(change.sum().sqrt() / (size.sum().sqrt() + 1))
+        if relative > self.max_relative_update:
+            return (
+                f"the update moved the model parameters by {relative:.3g} times their norm "
+                f"(limit {self.max_relative_update:g})"
+            )
+        norm = metrics.get("grad_norm")
+        if isinstance(norm, (int, float)):
+            history = self.grad_norms[-self.window :]
+            if len(history) >= self.warmup:
+                median = sorted(history)[len(history) // 2]
+                if norm > self.factor * max(median, 1e-12):
+                    return (
+                        f"grad_norm {norm:.4g} is {norm / max(median, 1e-12):.3g} times its "
+                        f"running median {median:.4g}"
+                    )
+            self.grad_norms = [*history, float(norm)]
+        return None
+
+    @staticmethod
+    def check_state(algorithm_state: dict) -> str | None:
+        """Whether every floating tensor of an algorithm's state is finite (before a save)."""
+        return _first_non_finite(list(_floating_tensors(algorithm_state)), "algorithm state")
+
+    def check_evaluation(self, step, record) -> str | None:
+        nll = record.get("test_nll")
+        if not isinstance(nll, (int, float)):
+            return None
+        if not math.isfinite(nll):
+            return f"the test NLL is {nll}"
+        if self.best_nll is not None and step > 0:
+            best, at = self.best_nll
+            if nll > best + max(self.nll_tolerance, abs(best) / 2):
+                return f"the test NLL rose to {nll:.4g} from its best {best:.4g} (step {at})"
+        if self.best_nll is None or nll < self.best_nll[0]:
+            self.best_nll = (nll, step)
+        return None
+
+
+def _first_non_finite(named: list[tuple[str, torch.Tensor]], what: str) -> str | None:
+    flags: dict[torch.device, list[torch.Tensor]] = {}  # one sync per device, not per tensor
+    for _, tensor in named:  # (optimiser step counts stay on the CPU under a CUDA model)
+        flags.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
+    if all(bool(torch.stack(group).all()) for group in flags.values()):
+        return None
+    name, tensor = next((n, t) for n, t in named if not bool(torch.isfinite(t).all()))
+    bad = int((~torch.isfinite(tensor)).sum())
+    label = name if name.startswith(what) else f"{what} {name}"
+    return f"{label} became NaN or infinite ({bad} of {tensor.numel()} values)"
+
+
+def _floating_tensors(state, prefix=""):
+    """(dotted name, tensor) for every floating-point tensor in a nested state dict."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point():
+            yield prefix, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from _floating_tensors(value, f"{prefix}[{i}]")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool):
+    """Within: SIGINT and SIGTERM only append their number to the yielded list, which the loop
+    reads between whole steps, so a step is never saved half done and the data order saved is
+    the one the next step draws from. Outside the main thread signals are left alone."""
+    interrupted: list[int] = []
+    previous = {}
+    try:
+        if enabled:
+            for number in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    previous[number] = signal.signal(number, lambda n, _: interrupted.append(n))
+                except ValueError:  # not the main thread
+                    break
+        yield interrupted
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def train(
     algorithm: Algorithm,
     data: torch.Tensor,
@@ -100,111 +326,182 @@ def train(
     progress: bool = True,
     extra_state: dict | None = None,
     max_seconds: float | None = None,
+    guard: DivergenceGuard | None = None,
 ) -> list[dict]:
     """Run ``algorithm.step`` for ``steps`` minibatches of ``data``; returns the logged records.
 
     ``evaluate()`` (optional) is called every ``eval_every`` steps and at the end; its figures
     join the log, and its time is not counted as training time. With ``out_dir`` the run is
-    checkpointed every ``checkpoint_every`` steps, on SIGTERM/Ctrl-C, and at the end, and
-    resumes from an existing checkpoint there. ``max_seconds`` stops after that much training
-    time (for comparisons at a matched wall-clock budget).
+    checkpointed at the start, every ``checkpoint_every`` steps and at the end, and resumes from
+    an existing checkpoint there. ``max_seconds`` stops after that much training time (for
+    comparisons at a matched wall-clock budget).
+
+    Failures: a step that ``guard`` (default :class:`DivergenceGuard`) refuses is undone (model,
+    algorithm and data order restored to before it) and :class:`DivergenceError` is raised; no
+    checkpoint is written, so the last good one stays. With ``out_dir``, SIGINT (Ctrl-C) and
+    SIGTERM stop the run between two whole steps: it saves a checkpoint and raises
+    :class:`TrainingInterrupted`; running again resumes bit for bit.
     """
     steps = check_positive_int(steps, "steps", minimum=0)
+    for name, value in (
+        ("log_every", log_every),
+        ("checkpoint_every", checkpoint_every),
+        ("eval_every", eval_every),
+    ):
+        check_positive_int(value, name)
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ValueError(f"max_seconds: expected a number > 0 or None, got {max_seconds!r}")
+    guard = DivergenceGuard() if guard is None else guard
     model = algorithm.model
     data = model.check_data(data, "data")
     batches = Minibatches(data, batch_size, seed)
     records: list[dict] = []
     start_step, elapsed = 0, 0.0
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if (out / CHECKPOINT).exists():
-            state = load_checkpoint(out / CHECKPOINT)
-            model.load_state_dict(state["model"])
-            algorithm.load_state_dict(state["algorithm"])
-            batches.load_state_dict(state["data_generator"])
-            start_step, elapsed = state["step"], state["elapsed"]
-            records = _read_records(out / METRICS, upto=start_step)
-        _write_records(out / METRICS, records)
 
-    def checkpoint(step):
+    with _stop_on_signals(enabled=out is not None) as interrupted:
         if out is not None:
-            save_checkpoint(
-                out / CHECKPOINT,
-                {
-                    "model": model.state_dict(),
-                    "model_config": model.config(),
-                    "algorithm": algorithm.state_dict(),
-                    "algorithm_name": algorithm.name,
-                    "data_generator": batches.state_dict(),
-                    "step": step,
-                    "elapsed": elapsed,
-                    **(extra_state or {}),
-                },
+            if out.exists() and not out.is_dir():
+                raise NotADirectoryError(f"{out}: is a file; the run directory must be a folder")
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                probe = out / ".write-test"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except PermissionError as error:
+                raise PermissionError(
+                    f"{out}: cannot write in the run directory ({error.strerror}); "
+                    "choose another --out"
+                ) from None
+            if (out / CHECKPOINT).exists():
+                state = load_checkpoint(out / CHECKPOINT)
+                restore_state(out / CHECKPOINT, state, model, algorithm, batches)
+                start_step, elapsed = state["step"], state["elapsed"]
+                records = _read_records(out / METRICS, upto=start_step)
+            _write_records(out / METRICS, records)
+        last_checkpoint = start_step if out is not None and (out / CHECKPOINT).exists() else None
+
+        good = {}  # the state of the last checkpoint, in memory: what a refused step rolls back to
+
+        def checkpoint(step):
+            """Save (with out_dir) and remember the state as the last good one, if it is finite."""
+            nonlocal last_checkpoint
+            algorithm_state = algorithm.state_dict()
+            problem = guard.check_state(algorithm_state)
+            if problem is not None:
+                rollback()
+                diverged(step, problem, undone=False)
+            state = {
+                "model": model.state_dict(),
+                "model_config": model.config(),
+                "algorithm": algorithm_state,
+                "algorithm_name": algorithm.name,
+                "data_generator": batches.state_dict(),
+                "step": step,
+                "elapsed": elapsed,
+                **(extra_state or {}),
+            }
+            if out is not None:
+                save_checkpoint(out / CHECKPOINT, state)
+                last_checkpoint = step
+            good.clear()
+            good.update(
+                copy.deepcopy({k: state[k] for k in ("model", "algorithm", "data_generator")})
             )
 
-    def log(record):
-        records.append(record)
-        if out is not None:
-            with open(out / METRICS, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        def rollback():
+            if good:
+                model.load_state_dict(good["model"])
+                algorithm.load_state_dict(copy.deepcopy(good["algorithm"]))
+                batches.load_state_dict(copy.deepcopy(good["data_generator"]))
 
-    interrupted = []
-    previous_handler = None
-    if out is not None:
+        def log(record):
+            records.append(record)
+            if out is not None:
+                with open(out / METRICS, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+
+        def diverged(step, problem, undone):
+            kept = (
+                f"the last checkpoint (step {last_checkpoint}) is intact"
+                if last_checkpoint is not None
+                else "no checkpoint was written"
+            )
+            what = "the step was not applied" if undone else "training stopped"
+            raise DivergenceError(
+                f"training diverged at step {step}: {problem}; {what} and {kept}. Try a lower "
+                "learning rate (algorithm.lr), a smaller init_scale, or check the data; start a "
+                "fresh run directory for the new settings."
+            )
+
+        step = start_step
+        bar = tqdm(
+            total=steps,
+            initial=start_step,
+            disable=not progress,
+            desc=algorithm.name,
+            dynamic_ncols=True,
+        )
         try:
-            previous_handler = signal.signal(signal.SIGTERM, lambda *_: interrupted.append(1))
-        except ValueError:  # not the main thread
-            previous_handler = None
-
-    step = start_step
-    bar = tqdm(
-        total=steps,
-        initial=start_step,
-        disable=not progress,
-        desc=algorithm.name,
-        dynamic_ncols=True,
-    )
-    try:
-        if start_step == 0 and evaluate is not None:
-            log({"step": 0, "time": 0.0, **evaluate()})
-        while step < steps and not interrupted:
-            if max_seconds is not None and elapsed >= max_seconds:
-                break
-            tic = time.perf_counter()
-            metrics = algorithm.step(batches.next())
-            elapsed += time.perf_counter() - tic
-            step += 1
-            bar.update(1)
-            bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-            if bad:
-                raise FloatingPointError(
-                    f"step {step}: {', '.join(bad)} became NaN or infinite; lower the learning "
-                    "rate or check the data. The last checkpoint is intact."
+            if start_step == 0 and not records and evaluate is not None:
+                log({"step": 0, "time": 0.0, **evaluate()})
+            for record in records:  # the guard's reference: the best NLL so far
+                guard.check_evaluation(record["step"], record)
+            if out is None or last_checkpoint is None:
+                checkpoint(step)  # a run always has a good state to fall back on
+            else:  # resumed: the checkpoint just loaded is the last good state
+                good.update(
+                    copy.deepcopy(
+                        {
+                            "model": model.state_dict(),
+                            "algorithm": algorithm.state_dict(),
+                            "data_generator": batches.state_dict(),
+                        }
+                    )
                 )
-            record = None
-            out_of_time = max_seconds is not None and elapsed >= max_seconds
-            last = step == steps or out_of_time
-            if step % log_every == 0 or last:
-                record = {"step": step, "time": round(elapsed, 4), **metrics}
-            if evaluate is not None and (step % eval_every == 0 or last):
-                record = {"step": step, "time": round(elapsed, 4), **metrics, **evaluate()}
-            if record is not None:
-                log(record)
-                bar.set_postfix(
-                    {k: f"{v:.4g}" for k, v in list(record.items())[2:5] if isinstance(v, float)}
-                )
-            if step % checkpoint_every == 0:
-                checkpoint(step)
-    except KeyboardInterrupt:
+            while step < steps and not interrupted:
+                if max_seconds is not None and elapsed >= max_seconds:
+                    break
+                before = [p.detach().clone() for p in model.parameters()]
+                tic = time.perf_counter()
+                metrics = algorithm.step(batches.next())
+                elapsed += time.perf_counter() - tic
+                problem = guard.check_step(step + 1, model, metrics, before)
+                if problem is not None:
+                    rollback()
+                    diverged(step + 1, problem, undone=True)
+                step += 1
+                bar.update(1)
+                record = None
+                out_of_time = max_seconds is not None and elapsed >= max_seconds
+                last = step == steps or out_of_time
+                if step % log_every == 0 or last:
+                    record = {"step": step, "time": round(elapsed, 4), **metrics}
+                if evaluate is not None and (step % eval_every == 0 or last):
+                    record = {"step": step, "time": round(elapsed, 4), **metrics, **evaluate()}
+                    problem = guard.check_evaluation(step, record)
+                    if problem is not None:
+                        log(record)
+                        rollback()
+                        diverged(step, problem, undone=False)
+                if record is not None:
+                    log(record)
+                    bar.set_postfix(
+                        {
+                            k: f"{v:.4g}"
+                            for k, v in list(record.items())[2:5]
+                            if isinstance(v, float)
+                        }
+                    )
+                if step % checkpoint_every == 0:
+                    checkpoint(step)
+        finally:
+            bar.close()
+        if interrupted:
+            checkpoint(step)
+            raise TrainingInterrupted(interrupted[0], step, out)
         checkpoint(step)
-        bar.close()
-        raise
-    bar.close()
-    checkpoint(step)
-    if previous_handler is not None:
-        signal.signal(signal.SIGTERM, previous_handler)
-    return records
+        return records
 
 
 def _read_records(path: Path, upto: int) -> list[dict]:

@@ -92,7 +92,7 @@ def _read_text(path: Path, name: str, delimiter: str | None) -> np.ndarray:
 def _read_npz(path: Path, name: str, key: str | None) -> np.ndarray:
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{name}: not a readable .npz file ({error})") from error
     with archive:
         keys = list(archive.files)
@@ -107,7 +107,7 @@ def _read_npz(path: Path, name: str, key: str | None) -> np.ndarray:
             raise ValueError(f"{name}: no array named {key!r}; it holds: {', '.join(keys)}")
         try:
             return archive[key]
-        except ValueError as error:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{name}[{key}]: cannot be loaded ({error})") from error
 
 
@@ -171,7 +171,7 @@ def load_array(
     if extension == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{name}: not a readable .npy file ({error})") from error
     elif extension == ".npz":
         array = _read_npz(path, name, key)
@@ -203,6 +203,15 @@ def load_array(
         raise ValueError(f"{name}: the array is empty, shape {array.shape}")
     if array.dtype.kind == "f":
         _check_finite(array, name)
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.ascontiguousarray(array, dtype=dtype)
+    if converted.dtype.kind == "f" and not np.isfinite(converted).all():
+        row, column = (int(i) for i in np.argwhere(~np.isfinite(converted))[0])
+        raise ValueError(
+            f"{name}: row {row + 1}, column {column + 1} is {array[row, column]:g}, too large for "
+            f"{np.dtype(dtype).name} (largest {np.finfo(converted.dtype).max:g}); rescale the data "
+            "or load it as float64"
+        )
     if observation == "bernoulli":
         binary_view = array.astype(np.float64, copy=False)
         try:
@@ -214,7 +223,7 @@ def load_array(
             message = str(error)
             message = message.replace(index, where) if index in message else f"{message} {where}"
             raise ValueError(message) from None
-    return np.ascontiguousarray(array, dtype=dtype)
+    return converted
 
 
 def split_train_valid_test(array, fractions=(0.8, 0.1, 0.1), seed: int | None = 0) -> dict:

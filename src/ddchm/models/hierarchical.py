@@ -100,6 +100,8 @@ class HierarchicalModel(nn.Module):
         reference = next(self.parameters())
         x = as_tensor(x, name).to(dtype=reference.dtype, device=reference.device)
         self.observation.check_values(x, name)
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: has no rows; expected at least one data point")
         return x
 
     def check_latents(self, latents, n: int) -> list[torch.Tensor]:

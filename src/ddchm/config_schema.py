@@ -187,6 +187,12 @@ def check_algorithm_arguments(section: dict, cls, allowed: set[str]) -> None:
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        elif isinstance(default, tuple) and any(
+            not isinstance(v, numbers.Integral) for v in default
+        ):
+            # a number or a range of numbers (encoding_gain: one gain, or [low, high])
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                real(0, strict=True)(v, name)
         elif isinstance(default, numbers.Integral) or isinstance(default, tuple):
             # sizes: an int, or (for per-layer sizes such as hidden, n_features) a list of them
             if isinstance(value, (list, tuple)):

@@ -245,3 +245,21 @@ def test_checkpoint_with_nan_is_refused_by_resume_evaluate_and_sample(tmp_path, 
     assert not (tmp_path / "s.npy").exists()
     with pytest.raises(CheckpointError, match="is NaN or infinite"):
         tiny_run(out, steps=8)
+
+
+def test_checkpoint_is_fsynced_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    import os
+
+    import ddchm.train as train_module
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        train_module.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd)
+    )
+    monkeypatch.setattr(
+        train_module.os, "replace", lambda a, b: events.append("replace") or real_replace(a, b)
+    )
+    save_checkpoint(tmp_path / CHECKPOINT, {"model": {}, "algorithm": {}, "step": 0})
+    assert events[:2] == ["fsync", "replace"]  # the data is on disk before the rename
+    assert events.count("fsync") == 2  # and the directory entry after it

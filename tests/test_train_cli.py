@@ -203,3 +203,13 @@ def test_resume_under_a_changed_config_is_refused_with_the_difference(tmp_path, 
     config.write_text(text.replace("steps = 4", "steps = 8\nlog_every = 2"))
     assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 8
+
+
+def test_help_lists_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for line in ("0    success", "2    bad input", "3    training diverged", "130  interrupted"):
+        assert line in text
+    assert "143 by SIGTERM" in text

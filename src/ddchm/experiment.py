@@ -117,7 +117,9 @@ def load_config(source: str | Path | dict | None = None, overrides: dict | None 
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: expected a table of sections, got {type(raw).__name__}")
     for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update(values)
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        raw[section].update(values)
     config = {}
     for section, values in raw.items():
         if section not in DEFAULTS:

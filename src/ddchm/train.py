@@ -3,11 +3,18 @@
 It knows nothing of wake, sleep or particles: it calls ``algorithm.step(batch)`` and records the
 named metrics it returns. A run directory holds
 
-    checkpoint.pt   model, algorithm state, data-order generator, step, elapsed time (atomic)
+    checkpoint.pt   model, algorithm state, data-order generator, step, elapsed time, config
+                    (tensors, numbers and strings only: read with weights_only=True; written
+                    atomically and fsynced)
     metrics.jsonl   one JSON object per logged step: step, time (training seconds), metrics
 
 and a run started again in the same directory resumes from its checkpoint and reproduces the
-uninterrupted run exactly (every random draw goes through saved generators).
+uninterrupted run exactly (every random draw goes through saved generators), however it was
+stopped: SIGKILL, or SIGINT / SIGTERM, which the loop honours only between whole steps.
+
+Failures are named: :class:`CheckpointError` (a checkpoint that is damaged, unsafe or does not
+fit), :class:`DivergenceError` (a step refused by the :class:`DivergenceGuard`; nothing of it is
+kept) and :class:`TrainingInterrupted` (a signal; the checkpoint is saved).
 """
 
 from __future__ import annotations

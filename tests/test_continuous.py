@@ -176,3 +176,51 @@ def test_diagnostics_do_not_change_the_run():
             ddc.step(x)
         runs.append(torch.cat([p.detach().reshape(-1) for p in ddc.model.parameters()]))
     assert torch.equal(runs[0], runs[1])
+
+
+def test_moment_heads_give_consistent_second_moments_and_survive_rescaling():
+    """A continuous layer's head predicts E[u u^T] - E[u] E[u]^T positive semi-definite, and
+    re-scaling the recogniser's input or recalibrating the encoding keeps what it computes."""
+    from ddchm.ddc.recognition import MomentHead
+
+    model = make_truth("linear-gaussian").model.float()
+    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=500, generator=0)
+    heads = ddc.recognition.heads
+    assert all(isinstance(head, MomentHead) for head in heads)
+    with torch.no_grad():  # random weights everywhere: consistency must not depend on training
+        for p in ddc.recognition.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = model.sample(300, generator=1)[0]
+    for r, encoding in zip(ddc.expected_encodings(x), ddc.encodings):
+        D = encoding.dim
+        mean = r[:, :D]
+        second = torch.zeros(r.shape[0], D, D)
+        second[:, encoding.pairs[0], encoding.pairs[1]] = r[:, D : D + encoding.pairs.shape[1]]
+        second = second + second.transpose(1, 2) - torch.diag_embed(second.diagonal(0, 1, 2))
+        covariance = second - mean.unsqueeze(2) * mean.unsqueeze(1)
+        assert float(torch.linalg.eigvalsh(covariance.double()).min()) > -1e-4
+    before = ddc.expected_encodings(x)
+    ddc.recognition.set_input_scaling(3 * x + 5)  # new centring and scale, same function
+    for a, b in zip(before, ddc.expected_encodings(x)):
+        assert float((a - b).abs().max()) < 1e-4 * float(a.abs().max()), float((a - b).abs().max())
+    # recalibration: the posterior covariance in z units is carried across exactly
+    sleep = [v.clone() for v in model.sample(2000, generator=2)]
+    sleep[1] = 4 * sleep[1] - 2  # as if the layer had moved
+
+    def covariance_in_z(r, encoding):
+        D = encoding.dim
+        head_out = r[:, D : D + encoding.pairs.shape[1]]
+        diag = torch.stack(
+            [
+                head_out[:, k]
+                for k in range(encoding.pairs.shape[1])
+                if encoding.pairs[0, k] == encoding.pairs[1, k]
+            ],
+            1,
+        )
+        return (diag - r[:, :D] ** 2) * encoding.unit_scale**2
+
+    old = covariance_in_z(ddc.expected_encodings(x)[0], ddc.encodings[0])
+    ddc.recalibrate(sleep, force=True)
+    new = covariance_in_z(ddc.expected_encodings(x)[0], ddc.encodings[0])
+    assert torch.allclose(old, new, rtol=1e-3, atol=1e-4)

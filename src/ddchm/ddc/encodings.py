@@ -130,6 +130,14 @@ class LayerEncoding(nn.Module):
     def whitened(self) -> bool:
         return self.whitener.numel() > 0
 
+    def moment_layout(self) -> tuple[int, int] | None:
+        """(dim, number of extra statistics) when T starts with [u, extra, all products u_i u_j
+        (i <= j)] of a continuous layer, unwhitened (a moment head can then predict it);
+        else None."""
+        if not (self.continuous and self.use_products) or self.whitened:
+            return None
+        return self.dim, self.dim * len(FAMILY_STATS[self.family])
+
     # --- calibration -------------------------------------------------------------------------
     @torch.no_grad()
     def calibrate(self, samples: torch.Tensor) -> LayerEncoding:

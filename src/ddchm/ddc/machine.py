@@ -44,6 +44,8 @@ class DDCHelmholtzMachine(Algorithm):
             trunk's features, forgotten by ``readout_forget`` per step, ridge ``readout_ridge``
             times the sample count; only the trunk is trained by Adam).
         recognition_skip: the heads also read the (scaled) x linearly, beside the trunk.
+        moment_heads: continuous layers' heads predict a mean and a Cholesky factor, so their
+            second moments are consistent (no negative variances; see ``MomentHead``).
         ema: Polyak/EMA factor of the recogniser weights used at wake time (None: off).
         input_scaling: centre and scale the recogniser's input by the dreams' mean and sd (None:
             when the observations are continuous; binary x is left as it is).
@@ -80,6 +82,7 @@ class DDCHelmholtzMachine(Algorithm):
         recognition_steps: int = 1,
         recognition_readout: str = "adam",
         recognition_skip: bool = False,
+        moment_heads: bool = True,
         readout_forget: float = 0.9,
         readout_ridge: float = 1e-4,
         ema: float | None = None,
@@ -121,6 +124,9 @@ class DDCHelmholtzMachine(Algorithm):
                 readout_forget=readout_forget,
                 readout_ridge=readout_ridge,
                 skip=recognition_skip,
+                layouts=[encoding.moment_layout() for encoding in self.encodings]
+                if moment_heads
+                else None,
                 generator=init_seed + 1,
             )
         elif recognition == "ridge":
@@ -219,11 +225,14 @@ class DDCHelmholtzMachine(Algorithm):
             self.recognition.set_input_scaling(sleep[0])
         if not moved:
             return moved
+        ratios = {}
         for l in moved:
+            old_scale = self.encodings[l - 1].unit_scale.clone()
             self.encodings[l - 1].calibrate(sleep[l])
+            ratios[l - 1] = old_scale / self.encodings[l - 1].unit_scale
         if hasattr(self.recognition, "refit_heads"):
             targets = {l - 1: self.encodings[l - 1](sleep[l]) for l in moved}
-            self.recognition.refit_heads(sleep[0], targets)
+            self.recognition.refit_heads(sleep[0], targets, ratios)
         self.recalibrations += len(moved)
         return moved
 

@@ -60,6 +60,72 @@ class RunningRidge(nn.Module):
         return solutions
 
 
+class MomentHead(nn.Module):
+    """The head of a continuous layer whose encoding holds z's moments: consistent by construction.
+
+    The encoding's exact block is [u, extra statistics, u_i u_j (i <= j)] with u the standardised
+    units (see :class:`~ddchm.ddc.encodings.LayerEncoding`). A free linear head can predict
+    E[u_i u_j] < E[u_i] E[u_j], i.e. a negative posterior variance; the wake gradient then pushes
+    the child's variance towards 0 (a Gaussian observation layer's log-std ran to -5 in 400 steps
+    on `linear-gaussian`). This head predicts the mean m(x), with a linear path from x (exact for
+    linear-Gaussian chains, and it extrapolates), and a Cholesky factor C(x), and outputs
+    E[u_i u_j] = m_i m_j + (C C^T)_ij. The other outputs (extra statistics, random features,
+    constant) are linear in the trunk's features.
+    """
+
+    def __init__(self, in_features: int, data_dim: int, size: int, dim: int, n_extra: int):
+        super().__init__()
+        self.dim, self.n_extra = dim, n_extra
+        self.n_products = dim * (dim + 1) // 2
+        self.linear = nn.Linear(in_features, size - self.n_products)
+        self.mean_skip = nn.Linear(data_dim, dim, bias=False)
+        self.cholesky = nn.Linear(in_features, self.n_products)
+        self.register_buffer("rows", torch.tril_indices(dim, dim)[0], persistent=False)
+        self.register_buffer("cols", torch.tril_indices(dim, dim)[1], persistent=False)
+        # products in the encoding's order: i <= j, row-major (torch.triu_indices)
+        self.register_buffer("pairs", torch.triu_indices(dim, dim), persistent=False)
+
+    def reset_parameters(self, generator) -> None:
+        nn.init.zeros_(self.mean_skip.weight)
+        with torch.no_grad():
+            self.cholesky.weight.mul_(0.1)
+            diagonal = self.rows == self.cols
+            self.cholesky.bias.copy_(torch.where(diagonal, 0.5, 0.0))
+
+    def factor(self, h: torch.Tensor) -> torch.Tensor:
+        """C(x), lower triangular, (N, D, D)."""
+        C = h.new_zeros(h.shape[0], self.dim, self.dim)
+        C[:, self.rows, self.cols] = self.cholesky(h)
+        return C
+
+    def forward(self, h: torch.Tensor, scaled_x: torch.Tensor) -> torch.Tensor:
+        base = self.linear(h)
+        D, E = self.dim, self.dim + self.n_extra
+        mean = base[:, :D] + self.mean_skip(scaled_x)
+        C = self.factor(h)
+        second = mean.unsqueeze(2) * mean.unsqueeze(1) + C @ C.transpose(1, 2)
+        products = second[:, self.pairs[0], self.pairs[1]]
+        return torch.cat([mean, base[:, D:E], products, base[:, E:]], dim=1)
+
+    @torch.no_grad()
+    def refit(self, h1: torch.Tensor, scaled_x, target, factor, unit_ratio) -> None:
+        """Ridge-refit the linear outputs to a recalibrated target and carry the covariance
+        across exactly (u_new = a u_old + b  =>  C_new = diag(a) C_old)."""
+        D, E = self.dim, self.dim + self.n_extra
+        if unit_ratio is not None:  # the linear path to the mean, in the new units
+            self.mean_skip.weight.mul_(unit_ratio.to(self.mean_skip.weight.dtype).unsqueeze(1))
+        target = target.double().clone()
+        target[:, :D] -= self.mean_skip(scaled_x).double()
+        linear_target = torch.cat([target[:, :E], target[:, E + self.n_products :]], dim=1)
+        solution = torch.cholesky_solve(h1.T @ linear_target, factor)
+        self.linear.weight.copy_(solution[:-1].T.to(self.linear.weight.dtype))
+        self.linear.bias.copy_(solution[-1].to(self.linear.bias.dtype))
+        if unit_ratio is not None:  # rows of C scale with their unit
+            ratio = unit_ratio.to(self.cholesky.weight.dtype)[self.rows]
+            self.cholesky.weight.mul_(ratio.unsqueeze(1))
+            self.cholesky.bias.mul_(ratio)
+
+
 class NetworkRecognition(nn.Module):
     """r(x) = [head_l(h(x))]_l with h a tanh MLP. Every r_l is linear in h, so the chain form
     r_l = W_l r_{l-1} of the spec is a special case.
@@ -88,6 +154,7 @@ class NetworkRecognition(nn.Module):
         readout_forget=0.9,
         readout_ridge=1e-4,
         skip=False,
+        layouts=None,
         generator=None,
     ):
         super().__init__()
@@ -110,13 +177,23 @@ class NetworkRecognition(nn.Module):
             layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
         self.trunk = nn.Sequential(*layers)
         readout_size = sizes[-1] + (data_dim if self.skip and hidden else 0)
-        self.heads = nn.ModuleList(nn.Linear(readout_size, k) for k in encoding_sizes)
+        layouts = layouts or [None] * len(encoding_sizes)
+        self.heads = nn.ModuleList(
+            MomentHead(readout_size, data_dim, k, *layout)
+            if layout is not None and readout == "adam"
+            else nn.Linear(readout_size, k)
+            for k, layout in zip(encoding_sizes, layouts)
+        )
         with torch.no_grad():  # seeded initialisation (PyTorch's default scheme, our generator)
             for module in self.modules():
                 if isinstance(module, nn.Linear):
                     bound = module.in_features**-0.5
                     module.weight.uniform_(-bound, bound, generator=generator)
-                    module.bias.uniform_(-bound, bound, generator=generator)
+                    if module.bias is not None:
+                        module.bias.uniform_(-bound, bound, generator=generator)
+            for head in self.heads:
+                if isinstance(head, MomentHead):
+                    head.reset_parameters(generator)
         self.readout = readout
         if readout == "ridge":  # forgotten normal equations of [h, 1] -> targets
             self.normal_equations = RunningRidge(
@@ -144,7 +221,8 @@ class NetworkRecognition(nn.Module):
 
     def _forward(self, trunk, heads, x):
         h = self._readout_features(trunk, x)
-        return [head(h) for head in heads]
+        scaled = self._scaled(x)
+        return [head(h, scaled) if isinstance(head, MomentHead) else head(h) for head in heads]
 
     @torch.no_grad()
     def set_input_scaling(self, x: torch.Tensor) -> None:
@@ -164,11 +242,18 @@ class NetworkRecognition(nn.Module):
             # a trunk), and the heads' skip columns
             readers = [(trunk[0], slice(None))] if len(trunk) else []
             if self.skip or not len(trunk):
-                readers += [(head, slice(-D, None)) for head in heads]
+                readers += [
+                    (head, slice(-D, None)) for head in heads if isinstance(head, nn.Linear)
+                ]
             for module, columns in readers:
                 weight = module.weight[:, columns]
                 module.bias.add_(weight @ shift.to(weight.dtype))
                 module.weight[:, columns] = weight * ratio.to(weight.dtype)
+            for head in heads:  # the moment heads' linear path to the mean
+                if isinstance(head, MomentHead):
+                    weight = head.mean_skip.weight
+                    head.linear.bias[: head.dim] += weight @ shift.to(weight.dtype)
+                    weight.mul_(ratio.to(weight.dtype))
         if self.readout == "ridge" and self.skip and len(self.trunk):
             # the running normal equations in the new coordinates: phi_old = P phi_new
             equations = self.normal_equations
@@ -185,10 +270,13 @@ class NetworkRecognition(nn.Module):
         self.input_scale.copy_(scale)
 
     @torch.no_grad()
-    def refit_heads(self, x: torch.Tensor, targets: dict[int, torch.Tensor]) -> None:
+    def refit_heads(
+        self, x: torch.Tensor, targets: dict[int, torch.Tensor], unit_ratios=None
+    ) -> None:
         """Heads of the layers in ``targets`` (index -> new T_l(z_l^s) on dreams x^s) <- ridge
         regression on the trunk's features: carries the recogniser across a change of the
-        encodings' basis (recalibration) without re-learning the trunk."""
+        encodings' basis (recalibration) without re-learning the trunk. ``unit_ratios`` (index
+        -> old / new unit scale) carry a moment head's covariance across exactly."""
         h = self._readout_features(self.trunk, x)
         h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], 1).double()
         gram = h1.T @ h1
@@ -196,8 +284,14 @@ class NetworkRecognition(nn.Module):
         ridged = gram + self.readout_ridge * h1.shape[0] * eye
         factor = torch.linalg.cholesky(ridged)
         for l, t in targets.items():
-            solution = torch.cholesky_solve(h1.T @ t.double(), factor)
             head = self.heads[l]
+            if isinstance(head, MomentHead):
+                ratio = (unit_ratios or {}).get(l)
+                head.refit(h1, self._scaled(x), t, factor, ratio)
+                if self.averaged is not None:
+                    self.averaged[1][l].load_state_dict(head.state_dict())
+                continue
+            solution = torch.cholesky_solve(h1.T @ t.double(), factor)
             head.weight.copy_(solution[:-1].T.to(head.weight.dtype))
             head.bias.copy_(solution[-1].to(head.bias.dtype))
             if self.averaged is not None:

@@ -66,7 +66,8 @@ def ddc_cosines(truth_name, args):
             generator=3,
         )
         tic = time.perf_counter()
-        ddc.fit_recognition(args.recognition_steps)
+        # on dreams, and (wake recognition) on the data points, as in training
+        ddc.fit_recognition(args.recognition_steps, data=x.float())
         seconds = time.perf_counter() - tic
         dreams = ddc.dream(args.map_samples)
         solvers = [None] + [RidgeSolver(f, ddc.ridge) for f in ddc.encode(dreams[1:])]

@@ -224,3 +224,20 @@ def test_moment_heads_give_consistent_second_moments_and_survive_rescaling():
     ddc.recalibrate(sleep, force=True)
     new = covariance_in_z(ddc.expected_encodings(x)[0], ddc.encodings[0])
     assert torch.allclose(old, new, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("truth_name", ["sbn-gauss", "laplace-chain"])
+def test_wake_targets_converge_to_exact_expected_encodings(truth_name):
+    """Importance-weighted dream encodings estimate E[T_l(z_l) | x] for data x."""
+    truth = make_truth(truth_name)
+    model = truth.model
+    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=100, generator=0)
+    x = truth.splits(20, 0, 0, seed=3)["train"]
+    dreams = model.sample(200_000, generator=4)
+    targets, ess = ddc.wake_targets(x, dreams)
+    reference = exact_reference(model)
+    for l, (target, encoding) in enumerate(zip(targets, ddc.encodings), start=1):
+        exact = reference.expectation(x, encoding, layer=l)
+        spread = exact.std(0).clamp_min(1e-3)
+        assert float(((target - exact).abs() / spread).median()) < 0.1, l
+    assert float(ess.min()) > 10

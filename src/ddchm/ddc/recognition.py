@@ -318,16 +318,34 @@ class NetworkRecognition(nn.Module):
             head.weight.copy_(solution[:-1].T)
             head.bias.copy_(solution[-1])
 
-    def fit_step(self, x: torch.Tensor, targets: list[torch.Tensor]) -> float:
-        """One Adam step on the sleep regression loss (eq 7); returns the loss before the step
-        (with ``readout='ridge'``: after the heads are re-solved, before the trunk's step)."""
+    def fit_step(
+        self,
+        x: torch.Tensor,
+        targets: list[torch.Tensor],
+        wake_x: torch.Tensor | None = None,
+        wake_targets: list[torch.Tensor] | None = None,
+        wake_weight: float = 1.0,
+    ) -> float:
+        """One Adam step on the sleep regression loss (eq 7) on dreams (x, targets); returns the
+        loss before the step (with ``readout='ridge'``: after the heads are re-solved on the
+        dreams, before the trunk's step). With ``wake_x``, the mean squared error to
+        ``wake_targets`` on those points is added, times ``wake_weight``."""
+        n_sleep = x.shape[0]
+        if wake_x is not None:
+            x = torch.cat([x, wake_x])
         if self.readout == "ridge":
             h = self._readout_features(self.trunk, x)
-            self._solve_readout(h.detach(), targets)
+            self._solve_readout(h[:n_sleep].detach(), targets)
             predictions = [head(h) for head in self.heads]
         else:
             predictions = self._forward(self.trunk, self.heads, x)
-        loss = sum(((p - t) ** 2).sum(1).mean() for p, t in zip(predictions, targets))
+        loss = sum(((p[:n_sleep] - t) ** 2).sum(1).mean() for p, t in zip(predictions, targets))
+        if wake_x is not None:
+            # wake_weight: a number, or one weight per data point
+            loss = loss + sum(
+                (wake_weight * ((p[n_sleep:] - t) ** 2).sum(1)).mean()
+                for p, t in zip(predictions, wake_targets)
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

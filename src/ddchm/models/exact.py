@@ -134,7 +134,7 @@ class ExactInference:
         factors = [None]
         for l in range(1, L):
             factors.append(
-                self._with_volume(l, _pair_log_prob(layers[l], configs[l], configs[l + 1]))
+                self._with_volume(l, pair_log_prob(layers[l], configs[l], configs[l + 1]))
             )
         factors.append(self._with_volume(L, layers[L].log_prob(configs[L])))
         return factors
@@ -148,7 +148,7 @@ class ExactInference:
 
     def _observation_factor(self, x: torch.Tensor) -> torch.Tensor:
         """factor_0[n, c_1] = log p(x_n | z_1 = c_1), (N x C_1); differentiable in theta."""
-        return _pair_log_prob(self.model.layers[0], x, self.configs[1])
+        return pair_log_prob(self.model.layers[0], x, self.configs[1])
 
     @staticmethod
     def _prior_marginals(factors) -> list[torch.Tensor]:
@@ -285,7 +285,7 @@ class ExactInference:
         return samples
 
 
-def _pair_log_prob(layer, values: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+def pair_log_prob(layer, values: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
     """log p(values_i | parents_j) for all pairs, (len(values) x len(parents)).
 
     Uses the exponential-family form S(v)^T eta(p) - Phi(eta(p)) + log h(v): one matrix product.

@@ -6,7 +6,8 @@ that name the key, because a misspelt hyper-parameter that is silently ignored w
     [data]       source = "synthetic" | "array" | "mnist" | "patches", and its options
     [model]      layers (top first) or architecture = "truth"; init_scale; seed; dtype
     [algorithm]  name = "ddc" | "ws" | "rws" | "vimco" | "vae" | "iwae", then its own arguments
-    [train]      steps, batch_size, seed, log_every, eval_every, checkpoint_every, device
+    [train]      steps, batch_size, seed, log_every, eval_every, checkpoint_every,
+                 max_seconds (wall-clock budget), max_cpu_seconds (CPU-time budget), device
     [evaluate]   n_test, posterior_points
 """
 
@@ -63,6 +64,7 @@ DEFAULTS = {
         "eval_every": 500,
         "checkpoint_every": 500,
         "max_seconds": None,
+        "max_cpu_seconds": None,
         "device": "auto",
     },
     "evaluate": {"posterior_points": 500},
@@ -347,7 +349,15 @@ class Evaluator:
 
 # may differ between a run and its resumption: how long and how often, not what is learned
 RESUMABLE = {
-    "train": {"steps", "log_every", "eval_every", "checkpoint_every", "max_seconds", "device"},
+    "train": {
+        "steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "max_seconds",
+        "max_cpu_seconds",
+        "device",
+    },
     "evaluate": {"posterior_points"},
 }
 
@@ -391,7 +401,8 @@ def check_resume(out_dir: str | Path, config: dict) -> None:
             f"{path}: this run was made with a different config, so it cannot be resumed with "
             f"this one ({'; '.join(changed)}). Use the original settings to resume, or another "
             "run directory (--out) for the new ones. Only train.steps, log_every, eval_every, "
-            "checkpoint_every, max_seconds, device and [evaluate] may change on resuming."
+            "checkpoint_every, max_seconds, max_cpu_seconds, device and [evaluate] may change "
+            "on resuming."
         )
 
 
@@ -424,6 +435,7 @@ def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) 
         progress=progress,
         extra_state={"config": config},
         max_seconds=train_cfg["max_seconds"],
+        max_cpu_seconds=train_cfg["max_cpu_seconds"],
     )
     final = records[-1] if records else {}
     return {

@@ -98,3 +98,29 @@ def test_max_cpu_seconds_stops_training_and_records_cpu_time(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert 0.3 <= result["final"]["cpu_time"] < 3 and result["final"]["step"] < 10**6
+
+
+def test_reproduce_records_a_diverged_method_and_goes_on(tmp_path, monkeypatch):
+    import ddchm.reproduce as reproduce
+    from ddchm.train import DivergenceError
+
+    real_run = reproduce.run
+
+    def run_or_diverge(config, **kwargs):
+        if config["algorithm"]["name"] == "ddc":
+            raise DivergenceError("training diverged at step 3: metric grad_norm = nan")
+        return real_run(config, **kwargs)
+
+    monkeypatch.setattr(reproduce, "run", run_or_diverge)
+    monkeypatch.setitem(reproduce.SETTINGS, "synthetic", ("sbn-hard",))
+    threads = torch.get_num_threads()
+    try:
+        tables = reproduce.reproduce("synthetic", tmp_path, seeds=1, quick=True, log=lambda _: 0)
+    finally:
+        torch.set_num_threads(threads)
+    table = tables["synthetic"].read_text()
+    assert "| ddc (1 diverged) | 0/1 |" in table
+    assert "| ws | 1/1 |" in table and "| vimco | 1/1 |" in table and "true model" in table
+    results = json.loads((tmp_path / "synthetic" / "results.json").read_text())
+    assert results[0]["methods"]["ddc"][0]["status"] == "diverged"
+    assert (tmp_path / "synthetic" / "sbn-hard" / "samples.png").stat().st_size > 5000

@@ -124,3 +124,41 @@ def test_reproduce_records_a_diverged_method_and_goes_on(tmp_path, monkeypatch):
     results = json.loads((tmp_path / "synthetic" / "results.json").read_text())
     assert results[0]["methods"]["ddc"][0]["status"] == "diverged"
     assert (tmp_path / "synthetic" / "sbn-hard" / "samples.png").stat().st_size > 5000
+
+
+SMALL_TOML = (
+    '[data]\nname = "sbn-hard"\nn_train = 300\nn_test = 100\n'
+    '[algorithm]\nname = "ddc"\nn_features = [20, 10]\nsleep_samples = 100\nhidden = [16]\n'
+    "[train]\nsteps = 40\nbatch_size = 30\neval_every = 10\n"
+)
+
+
+def test_train_ends_with_figures_and_held_out_quality(tmp_path, capsys):
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_TOML)
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out log-likelihood (exact)" in printed and "MMD^2 to held-out data" in printed
+    for name in ("learning_curve.png", "samples.png"):
+        assert (out / name).stat().st_size > 5000
+
+
+def test_compare_matches_cpu_budgets_and_keeps_the_table_compact(tmp_path, capsys):
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_TOML)
+    out = tmp_path / "cmp"
+    threads = torch.get_num_threads()
+    try:
+        args = ["compare", str(config), "--algorithms", "ddc,ws", "--seeds", "1", "--out"]
+        assert main([*args, str(out), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    finals = json.loads((out / "comparison.json").read_text())
+    ddc, ws = finals["ddc"][0], finals["ws"][0]
+    assert ddc["step"] == 40 and ws["step"] != 40  # ws ran for DDC-HM's CPU time, not its steps
+    assert ddc["cpu_time"] <= ws["cpu_time"] < ddc["cpu_time"] + 0.1
+    header = next(line for line in (out / "comparison.md").read_text().splitlines() if "|" in line)
+    assert "map_r2" not in header and "recognition_loss" not in header
+    assert "nll_gap" in header and "cpu_time" in header and header.count("|") <= 10
+    assert "recognition_loss" in ddc  # internal diagnostics stay in the JSON

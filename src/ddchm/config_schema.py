@@ -162,6 +162,7 @@ SCHEMA: dict[str, dict[str, Callable]] = {
         "eval_every": integer(1),
         "checkpoint_every": integer(1),
         "max_seconds": real(0, strict=True, optional=True),
+        "max_cpu_seconds": real(0, strict=True, optional=True),
         "device": device,
     },
     "evaluate": {"posterior_points": integer(1)},

@@ -6,7 +6,8 @@ that name the key, because a misspelt hyper-parameter that is silently ignored w
     [data]       source = "synthetic" | "array" | "mnist" | "patches", and its options
     [model]      layers (top first) or architecture = "truth"; init_scale; seed; dtype
     [algorithm]  name = "ddc" | "ws" | "rws" | "vimco" | "vae" | "iwae", then its own arguments
-    [train]      steps, batch_size, seed, log_every, eval_every, checkpoint_every, device
+    [train]      steps, batch_size, seed, log_every, eval_every, checkpoint_every,
+                 max_seconds (wall-clock budget), max_cpu_seconds (CPU-time budget), device
     [evaluate]   n_test, posterior_points
 """
 
@@ -63,6 +64,7 @@ DEFAULTS = {
         "eval_every": 500,
         "checkpoint_every": 500,
         "max_seconds": None,
+        "max_cpu_seconds": None,
         "device": "auto",
     },
     "evaluate": {"posterior_points": 500},
@@ -309,9 +311,12 @@ def build_algorithm(section: dict, model: HierarchicalModel, seed: int):
 class Evaluator:
     """What a run reports as it learns. Enumerable models: exact test NLL, its gap to the true
     model, and posterior accuracy (the algorithm's E[z|x] against the current model's exact
-    posterior means, mean absolute error over units and points)."""
+    posterior means, mean absolute error over units and points). Other models: ``mmd2``, the
+    unbiased MMD^2 between ``mmd_points`` model samples and as many held-out points, with
+    bandwidths (0.25..4 x the median distance) fixed on the held-out data at the start, so the
+    values of one run are on one scale; every call draws its samples from the same seed."""
 
-    def __init__(self, model, algorithm, data: dict, posterior_points: int = 500):
+    def __init__(self, model, algorithm, data: dict, posterior_points: int = 500, mmd_points=500):
         self.model, self.algorithm = model, algorithm
         self.test = data["test"].to(next(model.parameters()))
         self.posterior_x = self.test[:posterior_points]
@@ -326,6 +331,15 @@ class Evaluator:
         self.enumerable = (
             all(layer.discrete for layer in latents) and sum(layer.dim for layer in latents) <= 24
         ) or (truth is not None and truth.enumerable and truth.model.config() == model.config())
+        if not self.enumerable:
+            from ddchm.evaluate.mmd import MULTI, median_distance
+
+            self.mmd_x = data["test"][:mmd_points].double().cpu()
+            try:
+                base = median_distance(self.mmd_x, generator=0)
+                self.bandwidths = tuple(c * base for c in MULTI)
+            except ValueError:  # fewer than 2 distinct held-out points: no MMD to report
+                self.mmd_x = self.mmd_x[:0]
 
     @torch.no_grad()
     def __call__(self) -> dict:
@@ -342,12 +356,26 @@ class Evaluator:
             estimated = self.algorithm.posterior_means(self.posterior_x)
             errors = [(e.double() - m).abs().mean() for e, m in zip(estimated, exact_means)]
             out["posterior_mae"] = float(torch.stack(errors).mean())
+        elif self.mmd_x.shape[0] >= 2:
+            from ddchm.evaluate.mmd import mmd
+
+            samples = self.model.sample(self.mmd_x.shape[0], generator=0)[0].double().cpu()
+            if bool(torch.isfinite(samples).all()):
+                out["mmd2"] = mmd(samples, self.mmd_x, bandwidth=self.bandwidths).mmd2
         return out
 
 
 # may differ between a run and its resumption: how long and how often, not what is learned
 RESUMABLE = {
-    "train": {"steps", "log_every", "eval_every", "checkpoint_every", "max_seconds", "device"},
+    "train": {
+        "steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "max_seconds",
+        "max_cpu_seconds",
+        "device",
+    },
     "evaluate": {"posterior_points"},
 }
 
@@ -391,7 +419,8 @@ def check_resume(out_dir: str | Path, config: dict) -> None:
             f"{path}: this run was made with a different config, so it cannot be resumed with "
             f"this one ({'; '.join(changed)}). Use the original settings to resume, or another "
             "run directory (--out) for the new ones. Only train.steps, log_every, eval_every, "
-            "checkpoint_every, max_seconds, device and [evaluate] may change on resuming."
+            "checkpoint_every, max_seconds, max_cpu_seconds, device and [evaluate] may change "
+            "on resuming."
         )
 
 
@@ -424,6 +453,7 @@ def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) 
         progress=progress,
         extra_state={"config": config},
         max_seconds=train_cfg["max_seconds"],
+        max_cpu_seconds=train_cfg["max_cpu_seconds"],
     )
     final = records[-1] if records else {}
     return {

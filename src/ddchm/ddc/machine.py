@@ -44,7 +44,6 @@ class DDCHelmholtzMachine(Algorithm):
             'ridge' (heads solved in closed form each step on running normal equations of the
             trunk's features, forgotten by ``readout_forget`` per step, ridge ``readout_ridge``
             times the sample count; only the trunk is trained by Adam).
-        recognition_skip: the heads also read the (scaled) x linearly, beside the trunk.
         wake_recognition: also train the recogniser on each data batch, towards importance-
             weighted encodings of the dreams (:meth:`wake_targets`), with weight ``wake_weight``
             relative to the sleep loss, scaled down for points whose targets rest on fewer than
@@ -89,7 +88,6 @@ class DDCHelmholtzMachine(Algorithm):
         recognition_decay_steps: int = 1,
         recognition_steps: int = 1,
         recognition_readout: str = "adam",
-        recognition_skip: bool = False,
         moment_heads: bool = True,
         wake_recognition: bool | None = None,
         wake_weight: float = 1.0,
@@ -134,7 +132,6 @@ class DDCHelmholtzMachine(Algorithm):
                 readout=recognition_readout,
                 readout_forget=readout_forget,
                 readout_ridge=readout_ridge,
-                skip=recognition_skip,
                 layouts=[encoding.moment_layout() for encoding in self.encodings]
                 if moment_heads
                 else None,
@@ -192,7 +189,7 @@ class DDCHelmholtzMachine(Algorithm):
         the dreams as particles: w_ns ~ p(x_n | z_1^s) (the dreams are prior samples), target
         sum_s w_ns T_l(z_l^s). Exact as the dreams grow; biased towards the prior for few
         effective particles, but it tells the recogniser where the data are, which dreams of
-        a model far from the data never do. Returns (targets per layer, median ESS)."""
+        a model far from the data never do. Returns (targets per layer, ESS per data point)."""
         features = self.encode(sleep[1:]) if features is None else features
         log_w = pair_log_prob(self.model.observation, x, sleep[1])  # (N, S)
         w = torch.softmax(log_w, dim=1)

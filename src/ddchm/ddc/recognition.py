@@ -153,12 +153,10 @@ class NetworkRecognition(nn.Module):
         readout="adam",
         readout_forget=0.9,
         readout_ridge=1e-4,
-        skip=False,
         layouts=None,
         generator=None,
     ):
         super().__init__()
-        self.skip = bool(skip)
         # x enters the trunk as (x - input_centre) / input_scale (identity until set_input_scaling)
         self.register_buffer("input_centre", torch.zeros(data_dim))
         self.register_buffer("input_scale", torch.ones(data_dim))
@@ -176,7 +174,7 @@ class NetworkRecognition(nn.Module):
         for fan_in, fan_out in zip(sizes, sizes[1:]):
             layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
         self.trunk = nn.Sequential(*layers)
-        readout_size = sizes[-1] + (data_dim if self.skip and hidden else 0)
+        readout_size = sizes[-1]
         layouts = layouts or [None] * len(encoding_sizes)
         self.heads = nn.ModuleList(
             MomentHead(readout_size, data_dim, k, *layout)
@@ -212,16 +210,9 @@ class NetworkRecognition(nn.Module):
     def _scaled(self, x):
         return (x - self.input_centre.to(x.dtype)) / self.input_scale.to(x.dtype)
 
-    def _readout_features(self, trunk, x):
-        """What the heads read: the trunk's output h(x), and the scaled x itself with ``skip``
-        (a linear path, so that r extrapolates linearly beyond the dreams instead of saturating)."""
+    def _forward(self, trunk, heads, x):
         scaled = self._scaled(x)
         h = trunk(scaled)
-        return torch.cat([h, scaled], 1) if self.skip and len(trunk) else h
-
-    def _forward(self, trunk, heads, x):
-        h = self._readout_features(trunk, x)
-        scaled = self._scaled(x)
         return [head(h, scaled) if isinstance(head, MomentHead) else head(h) for head in heads]
 
     @torch.no_grad()
@@ -233,39 +224,28 @@ class NetworkRecognition(nn.Module):
         # scaled x changes as x_new = x_old * ratio + shift
         ratio = scale / self.input_scale.to(scale.dtype)
         shift = (centre - self.input_centre.to(scale.dtype)) / self.input_scale.to(scale.dtype)
-        D = ratio.shape[0]
         nets = [(self.trunk, self.heads)]
         if self.averaged is not None:
             nets.append((self.averaged[0], self.averaged[1]))
         for trunk, heads in nets:
-            # the linear maps that read scaled x: the trunk's first layer (or the heads without
-            # a trunk), and the heads' skip columns
-            readers = [(trunk[0], slice(None))] if len(trunk) else []
-            if self.skip or not len(trunk):
-                readers += [
-                    (head, slice(-D, None)) for head in heads if isinstance(head, nn.Linear)
+            # the linear maps that read scaled x: the trunk's first layer, or the heads without
+            # a trunk, and the moment heads' linear path to the mean
+            if len(trunk):
+                readers = [trunk[0]]
+            else:
+                readers = [
+                    m
+                    for h in heads
+                    for m in h.modules()
+                    if m is not getattr(h, "mean_skip", None) and isinstance(m, nn.Linear)
                 ]
-            for module, columns in readers:
-                weight = module.weight[:, columns]
-                module.bias.add_(weight @ shift.to(weight.dtype))
-                module.weight[:, columns] = weight * ratio.to(weight.dtype)
-            for head in heads:  # the moment heads' linear path to the mean
-                if isinstance(head, MomentHead):
-                    weight = head.mean_skip.weight
-                    head.linear.bias[: head.dim] += weight @ shift.to(weight.dtype)
-                    weight.mul_(ratio.to(weight.dtype))
-        if self.readout == "ridge" and self.skip and len(self.trunk):
-            # the running normal equations in the new coordinates: phi_old = P phi_new
-            equations = self.normal_equations
-            n = equations.gram.shape[0]
-            P = torch.eye(n, dtype=torch.float64, device=equations.gram.device)
-            P[n - 1 - D : n - 1, n - 1 - D : n - 1] = torch.diag(ratio.double())
-            P[n - 1 - D : n - 1, n - 1] = shift.double()
-            inverse = torch.linalg.inv(P)
-            equations.gram.copy_(inverse @ equations.gram @ inverse.T)
-            for l in range(len(self.heads)):
-                cross = getattr(equations, f"cross{l}")
-                cross.copy_(inverse @ cross)
+            readers += [
+                (h.mean_skip, h.linear.bias[: h.dim]) for h in heads if isinstance(h, MomentHead)
+            ]
+            for reader in readers:
+                module, bias = reader if isinstance(reader, tuple) else (reader, reader.bias)
+                bias.add_(module.weight @ shift.to(bias.dtype))
+                module.weight.mul_(ratio.to(module.weight.dtype))
         self.input_centre.copy_(centre)
         self.input_scale.copy_(scale)
 
@@ -277,7 +257,7 @@ class NetworkRecognition(nn.Module):
         regression on the trunk's features: carries the recogniser across a change of the
         encodings' basis (recalibration) without re-learning the trunk. ``unit_ratios`` (index
         -> old / new unit scale) carry a moment head's covariance across exactly."""
-        h = self._readout_features(self.trunk, x)
+        h = self.trunk(self._scaled(x))
         h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], 1).double()
         gram = h1.T @ h1
         eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
@@ -334,7 +314,7 @@ class NetworkRecognition(nn.Module):
         if wake_x is not None:
             x = torch.cat([x, wake_x])
         if self.readout == "ridge":
-            h = self._readout_features(self.trunk, x)
+            h = self.trunk(self._scaled(x))
             self._solve_readout(h[:n_sleep].detach(), targets)
             predictions = [head(h) for head in self.heads]
         else:

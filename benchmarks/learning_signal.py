@@ -1,19 +1,29 @@
 """What limits DDC-HM learning on a truth: its update against the exact gradient, during learning.
 
-Three runs from the same initialisation, data and theta optimiser (configs/learn-{model}-ddc.toml):
+Runs from the same initialisation, minibatches and theta optimiser (configs/learn-{model}-ddc.toml),
+at equal steps:
 
-- ``exact``: theta follows the exact gradient of log p(x) (enumeration): the reference curve;
+- ``exact``: theta follows the exact gradient of log p(x) (enumeration or closed form): the ideal
+  learner every signal is judged against;
 - ``oracle``: DDC-HM with oracle encodings r_l = exact E[T_l(z_l) | x] (spec s. 9);
-- ``learned``: DDC-HM as configured. Every ``--every`` steps, on ``--points`` training points and
-  ``--dreams`` fresh dreams for the maps, the cosine with the exact gradient of the update from
-  the learned r, from the oracle r, and from the oracle r_1 with the learned r_2.. (which layer's
-  recognition error costs most).
+- ``learned``: DDC-HM as configured. Every ``--probe-every`` steps, on ``--points`` training
+  points and ``--dreams`` fresh dreams for the maps, the cosine with the exact gradient of the
+  update from the learned r, from the oracle r, and from the oracle r_1 with the learned r_2..
+  (which layer's recognition error costs most);
+- ``rws``: reweighted wake-sleep with 5 particles, the config's theta rate, trunk and
+  recogniser rate (the baseline that learns like the exact gradient per step).
+
+The exact test NLL gap to the truth is evaluated every ``--every`` steps; a run's result is the
+mean of its last five evaluations (single readings at Adam 0.02 move by ~0.01 nats). With
+``--seeds N`` every run is repeated with model and minibatch seeds 0..N-1 (paired: each seed's
+runs share one start and one minibatch sequence); figures are means over seeds with s.e.
 
 Models: easy, hard (configs/learn-{easy,hard}-ddc.toml) and sbn-gauss, linear-gaussian (library
-defaults). Exact references: enumeration, or the closed form for linear-Gaussian chains.
-Usage: python benchmarks/learning_signal.py [--models easy] [--steps 3000] [--every 500]
-The last line of output is JSON: {"gap": {model: {run: {step: gap}}}, "cosine": {...},
-"gap_to_exact_training_nats": {model: learned minus exact, means of the last five evaluations}}.
+defaults). Usage: python benchmarks/learning_signal.py [--models easy,hard] [--seeds 3]
+The last line of output is JSON: {"gap": {model: {run: {seed: {step: gap}}}}, "cosine": {...},
+"gap_to_exact_training_nats": {model: learned minus exact}, "learned_cosine_during_learning":
+{model: median of the learned update's cosines along the runs}, "ddc_minus_rws_nats": {model:
+learned minus rws}, and "*_se" standard errors over seeds}.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+import tomllib
 from pathlib import Path
 
 import torch
@@ -34,18 +46,29 @@ from ddchm.train import Minibatches
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(model_key: str, mode: str, args) -> dict:
+def run(model_key: str, mode: str, seed: int | None, args) -> dict:
     config = load_config(ROOT / "configs" / f"learn-{model_key}-ddc.toml")
+    if seed is not None:
+        config["model"]["seed"] = config["train"]["seed"] = seed
+    config["algorithm"].update(args.overrides)
+    config = load_config(config)  # the overrides are checked like a config's own keys
+    steps = args.steps or config["train"]["steps"]
     data = build_data(config["data"])
     model = build_model(config["model"], data)
-    machine = build_algorithm(config["algorithm"], model, config["train"]["seed"])
+    section = config["algorithm"]
+    if mode == "rws":  # the baseline shares the theta rate, trunk and recogniser rate
+        shared = {k: section[k] for k in ("lr", "hidden", "recognition_lr") if k in section}
+        section = load_config(
+            {**config, "algorithm": {"name": "rws", "num_particles": 5, **shared}}
+        )["algorithm"]
+    machine = build_algorithm(section, model, config["train"]["seed"])
     dtype = next(model.parameters()).dtype
     train = data["train"].to(dtype)
     evaluate = Evaluator(model, machine, data)  # exact test NLL gap (and posterior accuracy)
     batches = Minibatches(train, config["train"]["batch_size"], config["train"]["seed"])
     probe = train[: args.points]
     gaps, cosines = {}, {}
-    for step in range(1, args.steps + 1):
+    for step in range(1, steps + 1):
         batch = batches.next()
         if mode == "exact":
             ascent = exact_reference(model).expected_gradient(batch)
@@ -57,10 +80,9 @@ def run(model_key: str, mode: str, args) -> dict:
             apply_ascent(machine.optimizer, machine.params, ascent, machine.param_names)
         else:
             machine.step(batch)
-        if step % args.every:
-            continue
-        gaps[step] = round(evaluate()["nll_gap"], 4)
-        if mode == "learned":
+        if step % args.every == 0:
+            gaps[step] = round(evaluate()["nll_gap"], 4)
+        if mode == "learned" and step % args.probe_every == 0:
             exact = exact_reference(model)
             with torch.no_grad():
                 oracle = [r.to(dtype) for r in oracle_encodings(exact, machine.encodings, probe)]
@@ -79,34 +101,80 @@ def run(model_key: str, mode: str, args) -> dict:
                 )
                 for name, r in variants.items()
             }
-        print(model_key, mode, step, gaps[step], cosines.get(step, ""), flush=True)
+        if step % args.every == 0 or step in cosines:
+            print(model_key, mode, seed, step, gaps.get(step), cosines.get(step, ""), flush=True)
     return {"gap": gaps, "cosine": cosines}
+
+
+def last_five(gaps: dict) -> float:
+    """A run's result: the mean of its last five evaluations."""
+    values = list(gaps.values())[-5:]
+    return sum(values) / len(values)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    spread = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return round(statistics.fmean(values), 4), round(spread, 4)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="easy")
-    parser.add_argument("--runs", default="exact,oracle,learned")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--every", type=int, default=500)
+    parser.add_argument("--models", default="easy,hard")
+    parser.add_argument("--runs", default="exact,oracle,learned,rws")
+    parser.add_argument("--steps", type=int, default=None, help="default: the config's")
+    parser.add_argument("--every", type=int, default=100, help="steps between gap evaluations")
+    parser.add_argument("--probe-every", type=int, default=500, help="steps between cosines")
+    parser.add_argument("--seeds", type=int, default=1, help="model and minibatch seeds 0..N-1")
     parser.add_argument("--points", type=int, default=2000, help="training points for cosines")
     parser.add_argument("--dreams", type=int, default=20_000, help="dreams for the probe's maps")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an [algorithm] key of the DDC-HM runs (TOML value), e.g. hidden=[500]",
+    )
     args = parser.parse_args()
+    args.overrides = tomllib.loads("\n".join(args.set))
+    torch.set_num_threads(1)
+    runs = args.runs.split(",")
+    seeds = list(range(args.seeds)) if args.seeds > 1 else [None]
     result = {"gap": {}, "cosine": {}}
     for key in args.models.split(","):
-        result["gap"][key], result["cosine"][key] = {}, {}
-        for mode in args.runs.split(","):
-            out = run(key, mode, args)
-            result["gap"][key][mode] = out["gap"]
-            if out["cosine"]:
-                result["cosine"][key] = out["cosine"]
-    # learned DDC-HM minus the exact-gradient learner, each averaged over its last five evaluations
-    result["gap_to_exact_training_nats"] = {}
-    for key, runs in result["gap"].items():
-        if "exact" in runs and "learned" in runs:
-            last = {mode: list(runs[mode].values())[-5:] for mode in ("exact", "learned")}
-            mean = {mode: sum(v) / len(v) for mode, v in last.items()}
-            result["gap_to_exact_training_nats"][key] = round(mean["learned"] - mean["exact"], 4)
+        result["gap"][key] = {mode: {} for mode in runs}
+        result["cosine"][key] = {}
+        for seed in seeds:
+            for mode in runs:
+                out = run(key, mode, seed, args)
+                result["gap"][key][mode][seed or 0] = out["gap"]
+                if out["cosine"]:
+                    result["cosine"][key][seed or 0] = out["cosine"]
+    # paired differences per seed (each a difference of last-five means), then mean and s.e.
+    for name, (a, b) in {
+        "gap_to_exact_training_nats": ("learned", "exact"),
+        "oracle_gap_to_exact_training_nats": ("oracle", "exact"),
+        "ddc_minus_rws_nats": ("learned", "rws"),
+        "rws_gap_to_exact_training_nats": ("rws", "exact"),
+    }.items():
+        result[name], result[name + "_se"] = {}, {}
+        for key, by_run in result["gap"].items():
+            if a in by_run and b in by_run:
+                diffs = [last_five(by_run[a][s]) - last_five(by_run[b][s]) for s in by_run[a]]
+                result[name][key], result[name + "_se"][key] = mean_se(diffs)
+    result["final_gap_nats"] = {
+        key: {
+            mode: mean_se([last_five(g) for g in by_seed.values()]) for mode, by_seed in r.items()
+        }
+        for key, r in result["gap"].items()
+    }
+    result["learned_cosine_during_learning"] = {
+        key: round(
+            statistics.median(c["learned"] for probes in by_seed.values() for c in probes.values()),
+            4,
+        )
+        for key, by_seed in result["cosine"].items()
+        if by_seed
+    }
     result["machine"] = (
         f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )

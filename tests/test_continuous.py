@@ -241,3 +241,30 @@ def test_wake_targets_converge_to_exact_expected_encodings(truth_name):
         spread = exact.std(0).clamp_min(1e-3)
         assert float(((target - exact).abs() / spread).median()) < 0.1, l
     assert float(ess.min()) > 10
+
+
+def test_sleep_targets_estimate_the_posterior_expectation_at_each_dream():
+    """SNIS sleep targets are E[T_l | x^s] at the dreams' own x^s (up to Monte Carlo error) and
+    far closer to it than the dreams' raw encodings T_l(z_l^s), whose spread is the posterior's."""
+    model = make_truth("sbn-hard").model
+    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=100, generator=0)
+    dreams = model.sample(20_000, generator=5)
+    features = ddc.encode(dreams[1:])
+    targets, ess = ddc.sleep_targets(dreams, features, chunk=4096)
+    assert ess > 20
+    reference = exact_reference(model)
+    rows = slice(0, 300)
+    for l, (target, raw, encoding) in enumerate(zip(targets, features, ddc.encodings), start=1):
+        exact = reference.expectation(dreams[0][rows], encoding, layer=l).to(target.dtype)
+        smoothed_error = float(((target[rows] - exact) ** 2).sum(1).mean())
+        raw_error = float(((raw[rows] - exact) ** 2).sum(1).mean())
+        assert smoothed_error < 0.05 * raw_error, (l, smoothed_error, raw_error)
+
+
+def test_sleep_targets_option_is_checked_and_samples_mode_regresses_raw_encodings():
+    model = make_truth("sbn-hard").model
+    with pytest.raises(ValueError, match="sleep_targets"):
+        DDCHelmholtzMachine(model, sleep_targets="smooth")
+    raw = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=50, sleep_targets="samples")
+    raw.train_recognition(raw.dream())
+    assert raw.last_sleep_ess != raw.last_sleep_ess  # NaN: no SNIS table was built

@@ -40,10 +40,15 @@ class DDCHelmholtzMachine(Algorithm):
         hidden: trunk sizes of the network recogniser; ``recognition_lr`` its Adam rate,
             decayed to ``recognition_lr_final`` over ``recognition_decay_steps`` if given.
         recognition_steps: recogniser updates per wake step (each on fresh dreams after the first).
-        recognition_readout: 'adam' (the network's linear heads trained with its trunk) or
+        recognition_readout: 'adam' (the network's linear heads trained with its trunk),
             'ridge' (heads solved in closed form each step on running normal equations of the
             trunk's features, forgotten by ``readout_forget`` per step, ridge ``readout_ridge``
-            times the sample count; only the trunk is trained by Adam).
+            times the sample count; only the trunk is trained by Adam), or 'auto': 'ridge'
+            when every latent layer is discrete, else 'adam' (continuous layers need the moment
+            heads, which Adam trains). Adam leaves SGD noise in the heads that the section-7
+            weights amplify; the ridge readout has none and follows theta within ~1 /
+            (1 - readout_forget) steps. Learning sbn-hard (seed 0, 4,000 steps), the learned
+            update's median cosine to the exact gradient rose from 0.51 to 0.79.
         wake_recognition: also train the recogniser on each data batch, towards importance-
             weighted encodings of the dreams (:meth:`wake_targets`), with weight ``wake_weight``
             relative to the sleep loss, scaled down for points whose targets rest on fewer than
@@ -51,6 +56,16 @@ class DDCHelmholtzMachine(Algorithm):
             theta it lifted the learned update's cosine on sbn-gauss from 0.72 to 0.98 and on
             linear-gaussian from 0.76 to 0.99: dreams of a model that is not yet the data's
             never show the recogniser where the data are.
+        sleep_targets: what the recogniser regresses on a dream x^s. 'samples': the dream's own
+            encodings T_l(z_l^s), as in eq 7; 'snis': their self-normalised importance-sampling
+            average over all the step's dreams, sum_j w_sj T_l(z_l^j) with w_sj ~ p(x^s | z_1^j)
+            (:meth:`sleep_targets`). Both have expectation E[T_l | x^s] (the second as the dreams
+            grow); the second averages the posterior spread out over the effective number of
+            dreams behind each x^s. The spread is the recogniser's noise floor: at a frozen
+            sbn-hard theta the learned update's cosine stayed 0.79-0.93 over 1,500 more
+            recognition steps with the samples, and reached 0.96 after 750 with SNIS targets.
+            Where x is high-dimensional the weights fall on the dream itself and 'snis' becomes
+            'samples' at the cost of an N_sleep x N_sleep likelihood table.
         moment_heads: continuous layers' heads predict a mean and a Cholesky factor, so their
             second moments are consistent (no negative variances; see ``MomentHead``).
         ema: Polyak/EMA factor of the recogniser weights used at wake time (None: off).
@@ -87,7 +102,8 @@ class DDCHelmholtzMachine(Algorithm):
         recognition_lr_final: float | None = None,
         recognition_decay_steps: int = 1,
         recognition_steps: int = 1,
-        recognition_readout: str = "adam",
+        recognition_readout: str = "auto",
+        sleep_targets: str = "samples",
         moment_heads: bool = True,
         wake_recognition: bool | None = None,
         wake_weight: float = 1.0,
@@ -120,6 +136,9 @@ class DDCHelmholtzMachine(Algorithm):
             seed=init_seed,
         ).to(self.device)
         sizes = [encoding.size for encoding in self.encodings]
+        if recognition_readout == "auto":
+            discrete = all(layer.discrete for layer in model.layers[1:])
+            recognition_readout = "ridge" if discrete and not ema else "adam"
         if recognition == "network":
             self.recognition = NetworkRecognition(
                 model.data_dim,
@@ -160,6 +179,10 @@ class DDCHelmholtzMachine(Algorithm):
             raise ValueError("wake_recognition: needs recognition = 'network'")
         self.wake_recognition, self.wake_weight = bool(wake_recognition), float(wake_weight)
         self.wake_min_ess = float(wake_min_ess)
+        if sleep_targets not in ("samples", "snis"):
+            raise ValueError(f"sleep_targets: expected 'samples' or 'snis', got {sleep_targets!r}")
+        self.sleep_target_kind = sleep_targets
+        self.last_sleep_ess = float("nan")
         self.last_wake_ess = float("nan")
         if self.input_scaling:
             calibration = model.sample(5000, generator=make_generator(init_seed, self.device))
@@ -196,6 +219,22 @@ class DDCHelmholtzMachine(Algorithm):
         ess = 1.0 / (w**2).sum(1)
         return [w @ f for f in features], ess
 
+    @torch.no_grad()
+    def sleep_targets(self, sleep: list[torch.Tensor], features=None, chunk: int = 1024):
+        """Regression targets for the dreams' x^s: the SNIS estimates of E[T_l(z_l) | x^s] with
+        every dream of the batch as a particle, w_sj ~ p(x^s | z_1^j) (prior samples, so the
+        prior cancels). Returns (targets per layer, median ESS)."""
+        features = self.encode(sleep[1:]) if features is None else features
+        targets = [torch.empty_like(f) for f in features]
+        ess = []
+        for start in range(0, sleep[0].shape[0], chunk):
+            rows = slice(start, start + chunk)
+            w = torch.softmax(pair_log_prob(self.model.observation, sleep[0][rows], sleep[1]), 1)
+            for target, f in zip(targets, features):
+                target[rows] = w @ f
+            ess.append(1.0 / (w**2).sum(1))
+        return targets, float(torch.cat(ess).median())
+
     def train_recognition(self, sleep: list[torch.Tensor], data=None) -> float:
         """Recognition regression (eq 7) on the given dreams, then on fresh ones if
         ``recognition_steps`` > 1; with ``wake_recognition`` also on the data batch ``data``
@@ -204,6 +243,9 @@ class DDCHelmholtzMachine(Algorithm):
         for step in range(self.recognition_steps):
             dreams = sleep if step == 0 else self.dream()
             targets = self.encode(dreams[1:])
+            regressed = targets
+            if self.sleep_target_kind == "snis":
+                regressed, self.last_sleep_ess = self.sleep_targets(dreams, targets)
             wake = {}
             if self.wake_recognition and data is not None:
                 wake_targets, ess = self.wake_targets(data, dreams, targets)
@@ -212,7 +254,7 @@ class DDCHelmholtzMachine(Algorithm):
                 # guess: its weight falls in proportion
                 weight = self.wake_weight * (ess / self.wake_min_ess).clamp(max=1.0)
                 wake = dict(wake_x=data, wake_targets=wake_targets, wake_weight=weight)
-            value = self.recognition.fit_step(dreams[0], targets, **wake)
+            value = self.recognition.fit_step(dreams[0], regressed, **wake)
             loss = value if loss is None else loss
         return loss
 
@@ -271,6 +313,9 @@ class DDCHelmholtzMachine(Algorithm):
             ratios[l - 1] = old_scale / self.encodings[l - 1].unit_scale
         if hasattr(self.recognition, "refit_heads"):
             targets = {l - 1: self.encodings[l - 1](sleep[l]) for l in moved}
+            if self.sleep_target_kind == "snis":  # the heads regress what train_recognition does
+                smoothed, _ = self.sleep_targets(sleep, list(targets.values()))
+                targets = dict(zip(targets, smoothed))
             self.recognition.refit_heads(sleep[0], targets, ratios)
         self.recalibrations += len(moved)
         return moved
@@ -285,7 +330,7 @@ class DDCHelmholtzMachine(Algorithm):
         train = self.model.sample(n, generator=generator)
         test = self.model.sample(n, generator=generator)
         f_train, f_test = self.encode(train[1:]), self.encode(test[1:])
-        out = {}
+        out = {"sleep_target_ess": self.last_sleep_ess} if self.sleep_target_kind == "snis" else {}
         r_test = self.expected_encodings(test[0])
         for l in range(1, self.model.n_latent_layers + 1):
             t = f_test[l - 1][:, :-1]

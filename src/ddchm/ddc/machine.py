@@ -193,6 +193,9 @@ class DDCHelmholtzMachine(Algorithm):
         features = self.encode(sleep[1:]) if features is None else features
         log_w = pair_log_prob(self.model.observation, x, sleep[1])  # (N, S)
         w = torch.softmax(log_w, dim=1)
+        # weights below the smallest normal float are subnormal: they change no target beyond
+        # rounding, but make the products below up to 35x slower on x86 (measured, issue 13)
+        w = w.masked_fill(w < torch.finfo(w.dtype).tiny, 0.0)
         ess = 1.0 / (w**2).sum(1)
         return [w @ f for f in features], ess
 

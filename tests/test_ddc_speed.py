@@ -6,6 +6,7 @@ import torch
 
 from ddchm.algorithms.base import apply_ascent
 from ddchm.ddc import DDCHelmholtzMachine
+from ddchm.ddc.encodings import _shift
 from ddchm.models import Bernoulli, Gaussian, HierarchicalModel
 from ddchm.models.exact import pair_log_prob
 
@@ -79,6 +80,14 @@ def test_wake_targets_without_subnormal_weights_match_the_exact_weighted_sum():
         exact = w @ f.double()
         assert torch.allclose(got.double(), exact, atol=1e-6, rtol=1e-5)
     assert torch.allclose(ess.double(), 1 / (w**2).sum(1), rtol=1e-5)
+
+
+def test_drift_shift_equals_the_std_formula():
+    torch.manual_seed(0)
+    values = 3.0 + 2.0 * torch.randn(2000, 40)
+    centre, scale = torch.randn(40), torch.rand(40) + 0.5
+    expected = (values.std(0) / scale).log().abs() + (values.mean(0) - centre).abs() / scale
+    assert torch.allclose(_shift(values, centre, scale), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_gaussian_chain_step_matches_the_two_encoding_path():

@@ -105,3 +105,39 @@ def test_gaussian_chain_step_matches_the_two_encoding_path():
         old_step(machines[1], batch)
     for new, old in zip(machines[0].model.parameters(), machines[1].model.parameters()):
         assert torch.allclose(new, old, atol=1e-6, rtol=0)
+
+
+def test_folded_random_features_equal_the_step_by_step_formula():
+    from ddchm.ddc import LayerEncoding
+
+    for family in ("bernoulli", "gaussian"):
+        encoding = LayerEncoding(6, 40, family, gain=(0.5, 8.0), generator=1)
+        z = torch.randn(500, 6) * 2 + 1 if family == "gaussian" else (torch.rand(500, 6) < 0.3)
+        z = z.float()
+        encoding.calibrate(z[:250])
+        pre = (z @ encoding.direction.T - encoding.projection_centre) / encoding.projection_scale
+        expected = torch.sigmoid(encoding.slope * (pre - encoding.threshold))
+        assert torch.allclose(encoding.random_features(z), expected, atol=1e-5, rtol=0)
+        full = encoding(z)
+        assert torch.equal(full[:, :-1], encoding.features(z))
+        assert torch.equal(full[:, -1], torch.ones(500))
+
+
+def test_recogniser_loss_is_the_sleep_mean_plus_weighted_wake_mean():
+    from ddchm.ddc import NetworkRecognition
+
+    torch.manual_seed(0)
+    recogniser = NetworkRecognition(5, [7, 4], (16,), generator=0)
+    x, wake_x = torch.randn(30, 5), torch.randn(6, 5)
+    targets = [torch.rand(30, 7), torch.rand(30, 4)]
+    wake_targets = [torch.rand(6, 7), torch.rand(6, 4)]
+    weight = torch.rand(6)
+    with torch.no_grad():
+        sleep_r, wake_r = recogniser(x), recogniser(wake_x)
+    expected = sum(((r - t) ** 2).sum(1).mean() for r, t in zip(sleep_r, targets))
+    expected += sum((weight * ((r - t) ** 2).sum(1)).mean() for r, t in zip(wake_r, wake_targets))
+    loss = recogniser.fit_step(x, targets, wake_x, wake_targets, weight)
+    assert abs(loss - float(expected)) < 1e-5 * float(expected)
+    with torch.no_grad():
+        no_wake = float(sum(((r - t) ** 2).sum(1).mean() for r, t in zip(recogniser(x), targets)))
+    assert abs(recogniser.fit_step(x, targets) - no_wake) < 1e-5 * no_wake

@@ -8,7 +8,9 @@
             one ascent step of any torch optimiser on theta                          (section 4)
 
 Cost per step: N_sleep ancestral samples, N_sleep (K^2 + sum_l D_l D_{l+1}) for the maps, and
-the recogniser's forward/backward pass on N_sleep + N_batch inputs.
+the recogniser's forward/backward pass on N_sleep + N_batch inputs; the dreams are encoded once
+and shared by the recogniser and the maps. Step time is linear in N_sleep (measured with
+``benchmarks/throughput.py --scaling``; docs/RESULTS.md, "Throughput").
 """
 
 from __future__ import annotations
@@ -192,10 +194,12 @@ class DDCHelmholtzMachine(Algorithm):
         a model far from the data never do. Returns (targets per layer, ESS per data point)."""
         features = self.encode(sleep[1:]) if features is None else features
         log_w = pair_log_prob(self.model.observation, x, sleep[1])  # (N, S)
-        w = torch.softmax(log_w, dim=1)
-        # weights below the smallest normal float are subnormal: they change no target beyond
-        # rounding, but make the products below up to 35x slower on x86 (measured, issue 13)
-        w = w.masked_fill(w < torch.finfo(w.dtype).tiny, 0.0)
+        # softmax over the dreams, with every weight below e^-75 of the largest set to 0: such
+        # weights change no target beyond rounding, but as float32 they are subnormal numbers,
+        # which x86 exponentiates up to 60x and multiplies up to 35x more slowly (issue 13)
+        shifted = (log_w - log_w.amax(1, keepdim=True)).clamp_(min=-75.0)
+        w = shifted.exp()
+        w = (w / w.sum(1, keepdim=True)).masked_fill_(shifted <= -75.0, 0.0)
         ess = 1.0 / (w**2).sum(1)
         return [w @ f for f in features], ess
 

@@ -280,6 +280,13 @@ def power_law_exponent(xs, ys) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(lx, ly)) / sum((x - mx) ** 2 for x in lx)
 
 
+def linear_fit(xs, ys) -> tuple[float, float]:
+    """Least-squares intercept and slope of y on x."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope
+
+
 def scaling(data, args) -> dict:
     out = {}
     for parameter, (values, settings) in SWEEPS.items():
@@ -294,9 +301,17 @@ def scaling(data, args) -> dict:
             runners[value] = step_runner(ddc, batches, args.block_small)
         times = interleaved(runners, max(3, args.repeats // 2))
         ms = {v: 1e3 * statistics.median(t) for v, t in times.items()}
+        xs, ys = list(ms), list(ms.values())
+        intercept, slope = linear_fit(xs, ys)
         out[parameter] = {
             "step_ms": {str(v): round(t, 2) for v, t in ms.items()},
-            "exponent": round(power_law_exponent(list(ms), list(ms.values())), 2),
+            # a fixed cost hides the growth in a power-law fit over the whole range: report
+            # the line t = a + b x and the exponent over the last doubling beside it
+            "exponent": round(power_law_exponent(xs, ys), 2),
+            "exponent_last_doubling": round(
+                math.log(ys[-1] / ys[-2]) / math.log(xs[-1] / xs[-2]), 2
+            ),
+            "linear_fit_ms": {"a": round(intercept, 2), "b_per_unit": round(slope, 4)},
         }
         print(f"scaling {parameter}: {out[parameter]}", flush=True)
     return out

@@ -326,7 +326,8 @@ class NetworkRecognition(nn.Module):
         if wake_x is not None:
             n_wake = x.shape[0] - n_sleep
             # wake_weight: a number, or one weight per data point
-            row_weight[n_sleep:] = torch.as_tensor(wake_weight, dtype=x.dtype) / n_wake
+            weight = torch.as_tensor(wake_weight, dtype=x.dtype, device=x.device)
+            row_weight[n_sleep:] = weight / n_wake
             targets = [torch.cat([t, w]) for t, w in zip(targets, wake_targets)]
         loss = sum(row_weight @ ((p - t) ** 2).sum(1) for p, t in zip(predictions, targets))
         self.optimizer.zero_grad(set_to_none=True)

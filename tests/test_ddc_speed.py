@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from ddchm.algorithms.base import apply_ascent
@@ -59,6 +60,8 @@ def test_theta_gradient_with_given_features_equals_its_own_encoding():
     own = ddc.theta_gradient(x, sleep)
     for name in own:
         assert torch.allclose(shared[name], own[name], atol=1e-12, rtol=1e-9), name
+    with pytest.raises(ValueError, match="features"):
+        ddc.theta_gradient(x, features=ddc.encode(sleep[1:]))
 
 
 def test_wake_targets_without_subnormal_weights_match_the_exact_weighted_sum():
@@ -141,3 +144,28 @@ def test_recogniser_loss_is_the_sleep_mean_plus_weighted_wake_mean():
     with torch.no_grad():
         no_wake = float(sum(((r - t) ** 2).sum(1).mean() for r, t in zip(recogniser(x), targets)))
     assert abs(recogniser.fit_step(x, targets) - no_wake) < 1e-5 * no_wake
+
+
+def test_throughput_breakdown_replays_the_step_it_times():
+    """benchmarks/throughput.py times a DDC-HM step piece by piece: the pieces must be the step."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("throughput_benchmark", path)
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    model = sbn(seed=3)
+    x = model.sample(40, generator=2)[0]
+    machines = [
+        DDCHelmholtzMachine(m, n_features=[20, 8], sleep_samples=200, generator=4)
+        for m in (model, copy.deepcopy(model))
+    ]
+    clock = {}
+    for step in range(3):
+        batch = x[10 * step : 10 * step + 10]
+        machines[0].step(batch)
+        throughput.ddc_phases(machines[1], batch, clock)
+    for new, old in zip(machines[0].model.parameters(), machines[1].model.parameters()):
+        assert torch.allclose(new, old, atol=1e-6, rtol=0)
+    assert {"dreams", "recogniser_update", "ridge_solves", "optimiser"} <= set(clock)

@@ -240,6 +240,8 @@ class DDCHelmholtzMachine(Algorithm):
         ``features``: the dreams' encodings [T_1(z_1^s), ...] if already computed (a step
         shares them with the recognition update)."""
         batch = self.model.check_data(batch, "batch")
+        if features is not None and sleep is None:
+            raise ValueError("features: the encodings of given dreams; pass those dreams as sleep")
         sleep = self.dream() if sleep is None else sleep
         return self._theta_gradient(batch, sleep, encodings, features)
 

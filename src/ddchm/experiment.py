@@ -16,11 +16,11 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import tomllib
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
 
 from ddchm.config_schema import (

@@ -175,6 +175,9 @@ class LayerEncoding(nn.Module):
     # --- features ----------------------------------------------------------------------------
     def exact_features(self, z: torch.Tensor) -> torch.Tensor:
         """z (standardised if continuous), the family's statistics, pairwise products, (N, E)."""
+        return torch.cat(self._exact_parts(z), dim=1)
+
+    def _exact_parts(self, z: torch.Tensor) -> list[torch.Tensor]:
         if self.continuous:
             u = (z - self.unit_centre.to(z.dtype)) / self.unit_scale.to(z.dtype)
         else:
@@ -184,16 +187,19 @@ class LayerEncoding(nn.Module):
             parts.append(z.abs() / self.unit_scale.to(z.dtype))
         if self.use_products:
             parts.append(u[:, self.pairs[0]] * u[:, self.pairs[1]])
-        return torch.cat(parts, dim=1)
+        return parts
 
     def random_features(self, z: torch.Tensor) -> torch.Tensor:
         """phi(gain_k ((d_k^T z - m_k) / s_k - t_k)), (N, K)."""
         dtype = z.dtype
-        pre = (z @ self.direction.to(dtype).T - self.projection_centre.to(dtype)) / (
-            self.projection_scale.to(dtype)
+        # gain_k ((d_k^T z - m_k) / s_k - t_k) = z^T a_k + c_k, folded into one product (4x faster
+        # than the step-by-step form on (2000 x 200), equal to rounding)
+        gain = (self.slope / self.projection_scale).to(dtype)
+        weight = self.direction.to(dtype).T * gain
+        offset = -(
+            self.projection_centre.to(dtype) * gain + (self.slope * self.threshold).to(dtype)
         )
-        pre = self.slope.to(dtype) * (pre - self.threshold.to(dtype))
-        return NONLINEARITIES[self.nonlinearity](pre)
+        return NONLINEARITIES[self.nonlinearity](torch.addmm(offset, z, weight))
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
         """[exact features, random features] without whitening or constant, (N, E + K)."""
@@ -215,10 +221,11 @@ class LayerEncoding(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """T(z), (N, size): features (whitened if set up) and a trailing constant 1."""
-        feats = self.features(z)
-        if self.whitened:
-            feats = (feats - self.centre.to(z.dtype)) @ self.whitener.to(z.dtype)
-        return torch.cat([feats, feats.new_ones(feats.shape[0], 1)], dim=1)
+        ones = z.new_ones(z.shape[0], 1)
+        if not self.whitened:  # one concatenation, not two
+            return torch.cat([*self._exact_parts(z), self.random_features(z), ones], dim=1)
+        feats = (self.features(z) - self.centre.to(z.dtype)) @ self.whitener.to(z.dtype)
+        return torch.cat([feats, ones], dim=1)
 
     def extra_repr(self) -> str:
         return (
@@ -235,8 +242,12 @@ class LayerEncoding(nn.Module):
 
 def _shift(values, centre, scale) -> torch.Tensor:
     """Per column |log(sd / scale)| + |mean - centre| / scale."""
-    sd = values.std(0).clamp_min(1e-6)
-    return (sd / scale).log().abs() + (values.mean(0) - centre).abs() / scale
+    # the sd in two passes (mean, then mean square of the centred values): the same number as
+    # Tensor.std to rounding, 7x faster on the CPU, where std took ~10% of a DDC-HM step
+    mean = values.mean(0)
+    centred = values - mean
+    sd = ((centred * centred).sum(0) / max(1, values.shape[0] - 1)).sqrt().clamp_min(1e-6)
+    return (sd / scale).log().abs() + (mean - centre).abs() / scale
 
 
 def make_encodings(

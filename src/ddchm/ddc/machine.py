@@ -8,7 +8,9 @@
             one ascent step of any torch optimiser on theta                          (section 4)
 
 Cost per step: N_sleep ancestral samples, N_sleep (K^2 + sum_l D_l D_{l+1}) for the maps, and
-the recogniser's forward/backward pass on N_sleep + N_batch inputs.
+the recogniser's forward/backward pass on N_sleep + N_batch inputs; the dreams are encoded once
+and shared by the recogniser and the maps. Step time is linear in N_sleep (measured with
+``benchmarks/throughput.py --scaling``; docs/RESULTS.md, "Throughput").
 """
 
 from __future__ import annotations
@@ -215,7 +217,12 @@ class DDCHelmholtzMachine(Algorithm):
         a model far from the data never do. Returns (targets per layer, ESS per data point)."""
         features = self.encode(sleep[1:]) if features is None else features
         log_w = pair_log_prob(self.model.observation, x, sleep[1])  # (N, S)
-        w = torch.softmax(log_w, dim=1)
+        # softmax over the dreams, with every weight below e^-75 of the largest set to 0: such
+        # weights change no target beyond rounding, but as float32 they are subnormal numbers,
+        # which x86 exponentiates up to 60x and multiplies up to 35x more slowly (issue 13)
+        shifted = (log_w - log_w.amax(1, keepdim=True)).clamp_(min=-75.0)
+        w = shifted.exp()
+        w = (w / w.sum(1, keepdim=True)).masked_fill_(shifted <= -75.0, 0.0)
         ess = 1.0 / (w**2).sum(1)
         return [w @ f for f in features], ess
 
@@ -235,14 +242,18 @@ class DDCHelmholtzMachine(Algorithm):
             ess.append(1.0 / (w**2).sum(1))
         return targets, float(torch.cat(ess).median())
 
-    def train_recognition(self, sleep: list[torch.Tensor], data=None) -> float:
+    def train_recognition(self, sleep: list[torch.Tensor], data=None, features=None) -> float:
         """Recognition regression (eq 7) on the given dreams, then on fresh ones if
         ``recognition_steps`` > 1; with ``wake_recognition`` also on the data batch ``data``
-        towards :meth:`wake_targets`. Returns the loss of the first update."""
+        towards :meth:`wake_targets`. ``features``: the dreams' encodings if already computed.
+        Returns the loss of the first update."""
         loss = None
         for step in range(self.recognition_steps):
             dreams = sleep if step == 0 else self.dream()
-            targets = self.encode(dreams[1:])
+            if step == 0 and features is not None:
+                targets = features
+            else:
+                targets = self.encode(dreams[1:])
             regressed = targets
             if self.sleep_target_kind == "snis":
                 regressed, self.last_sleep_ess = self.sleep_targets(dreams, targets)
@@ -263,13 +274,22 @@ class DDCHelmholtzMachine(Algorithm):
         batch: torch.Tensor,
         sleep: list[torch.Tensor] | None = None,
         encodings: list[torch.Tensor] | None = None,
+        features: list[torch.Tensor] | None = None,
     ):
         """The DDC estimate of mean_n grad_theta log p(x_n) for the batch (no step taken), from
         the given dreams (default: fresh ones) and expected encodings [r_1(x), ..., r_L(x)]
-        (default: the recogniser's; pass exact ones for the oracle update of spec s. 9)."""
+        (default: the recogniser's; pass exact ones for the oracle update of spec s. 9).
+        ``features``: the dreams' encodings [T_1(z_1^s), ...] if already computed (a step
+        shares them with the recognition update)."""
         batch = self.model.check_data(batch, "batch")
+        if features is not None and sleep is None:
+            raise ValueError("features: the encodings of given dreams; pass those dreams as sleep")
         sleep = self.dream() if sleep is None else sleep
-        features = self.encode(sleep[1:])
+        return self._theta_gradient(batch, sleep, encodings, features)
+
+    def _theta_gradient(self, batch, sleep, encodings=None, features=None):
+        """:meth:`theta_gradient` on a checked batch."""
+        features = self.encode(sleep[1:]) if features is None else features
         solvers = [None] + [RidgeSolver(f, self.ridge) for f in features]
         r = self.expected_encodings(batch) if encodings is None else encodings
         return wake_gradient(self.model, sleep, solvers, [None, *r], batch)
@@ -281,8 +301,10 @@ class DDCHelmholtzMachine(Algorithm):
         sleep = self.dream()
         if self.recalibrate_every and self.steps % self.recalibrate_every == 0 and self.steps:
             self.recalibrate(sleep)
-        recognition_loss = self.train_recognition(sleep, batch)
-        ascent = self.theta_gradient(batch, sleep)
+        # the dreams are encoded once: the recogniser's targets and the gradient maps' features
+        features = self.encode(sleep[1:])
+        recognition_loss = self.train_recognition(sleep, batch, features)
+        ascent = self._theta_gradient(batch, sleep, features=features)
         grad_norm = apply_ascent(self.optimizer, self.params, ascent, self.param_names)
         self.steps += 1
         metrics = {"recognition_loss": recognition_loss, "grad_norm": grad_norm}

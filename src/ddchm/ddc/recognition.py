@@ -319,13 +319,17 @@ class NetworkRecognition(nn.Module):
             predictions = [head(h) for head in self.heads]
         else:
             predictions = self._forward(self.trunk, self.heads, x)
-        loss = sum(((p[:n_sleep] - t) ** 2).sum(1).mean() for p, t in zip(predictions, targets))
+        # sum over rows of row_weight * ||r(x) - target||^2: weight 1 / n_sleep on the dreams (a
+        # mean), wake_weight / n_wake on the data points; one pass over all rows, no slicing
+        # (the sliced form spent a third of this step in slice and zero-fill copies)
+        row_weight = x.new_full((x.shape[0],), 1.0 / n_sleep)
         if wake_x is not None:
+            n_wake = x.shape[0] - n_sleep
             # wake_weight: a number, or one weight per data point
-            loss = loss + sum(
-                (wake_weight * ((p[n_sleep:] - t) ** 2).sum(1)).mean()
-                for p, t in zip(predictions, wake_targets)
-            )
+            weight = torch.as_tensor(wake_weight, dtype=x.dtype, device=x.device)
+            row_weight[n_sleep:] = weight / n_wake
+            targets = [torch.cat([t, w]) for t, w in zip(targets, wake_targets)]
+        loss = sum(row_weight @ ((p - t) ** 2).sum(1) for p, t in zip(predictions, targets))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

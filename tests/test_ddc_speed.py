@@ -1,0 +1,171 @@
+"""The faster DDC-HM step (issue 13) computes what the slower one did."""
+
+import copy
+
+import pytest
+import torch
+
+from ddchm.algorithms.base import apply_ascent
+from ddchm.ddc import DDCHelmholtzMachine
+from ddchm.ddc.encodings import _shift
+from ddchm.models import Bernoulli, Gaussian, HierarchicalModel
+from ddchm.models.exact import pair_log_prob
+
+
+def sbn(dims=(3, 6, 12), seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    layers, parent = [], None
+    for dim in dims:
+        layers.append(Bernoulli(dim, parent, init_scale=1.0))
+        parent = dim
+    return HierarchicalModel(layers).to(dtype)
+
+
+def old_step(ddc, batch):
+    """The step as it was before issue 13: the dreams encoded twice, once by the recognition
+    update and once by the gradient maps."""
+    sleep = ddc.dream()
+    if ddc.recalibrate_every and ddc.steps % ddc.recalibrate_every == 0 and ddc.steps:
+        ddc.recalibrate(sleep)
+    ddc.train_recognition(sleep, batch)
+    ascent = ddc.theta_gradient(batch, sleep)
+    apply_ascent(ddc.optimizer, ddc.params, ascent, ddc.param_names)
+    ddc.steps += 1
+    return ascent
+
+
+def test_step_with_shared_encodings_matches_the_two_encoding_path():
+    model = sbn()
+    x = model.sample(50, generator=3)[0]
+    machines = [
+        DDCHelmholtzMachine(m, n_features=[30, 10], sleep_samples=300, generator=5)
+        for m in (model, copy.deepcopy(model))
+    ]
+    for step in range(4):  # steps after the first also check the encodings' drift
+        batch = x[10 * step : 10 * step + 10]
+        machines[0].step(batch)
+        old_step(machines[1], batch)
+        for (name, new), old in zip(
+            machines[0].model.named_parameters(), machines[1].model.parameters()
+        ):
+            assert torch.allclose(new, old, atol=1e-6, rtol=0), (step, name)
+
+
+def test_theta_gradient_with_given_features_equals_its_own_encoding():
+    model = sbn(seed=1, dtype=torch.float64)
+    ddc = DDCHelmholtzMachine(model, n_features=[30, 10], sleep_samples=300, generator=2)
+    x = model.sample(20, generator=4)[0]
+    sleep = ddc.dream()
+    shared = ddc.theta_gradient(x, sleep, features=ddc.encode(sleep[1:]))
+    own = ddc.theta_gradient(x, sleep)
+    for name in own:
+        assert torch.allclose(shared[name], own[name], atol=1e-12, rtol=1e-9), name
+    with pytest.raises(ValueError, match="features"):
+        ddc.theta_gradient(x, features=ddc.encode(sleep[1:]))
+
+
+def test_wake_targets_without_subnormal_weights_match_the_exact_weighted_sum():
+    # a wide observation layer makes the importance weights span hundreds of orders of
+    # magnitude, as on MNIST: the flushed weights must not move the targets
+    model = sbn(dims=(5, 20, 300), seed=2)
+    with torch.no_grad():
+        model.layers[0].weight.mul_(3.0)
+    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=500, generator=1)
+    x = model.sample(40, generator=6)[0]
+    sleep = ddc.dream()
+    features = ddc.encode(sleep[1:])
+    with torch.no_grad():  # the same weights, subnormals kept
+        w = torch.softmax(pair_log_prob(model.observation, x, sleep[1]), dim=1)
+    assert ((w > 0) & (w < torch.finfo(w.dtype).tiny)).any()  # the case the flush is for
+    w = w.double()
+    targets, ess = ddc.wake_targets(x, sleep, features)
+    for got, f in zip(targets, features):
+        exact = w @ f.double()
+        assert torch.allclose(got.double(), exact, atol=1e-6, rtol=1e-5)
+    assert torch.allclose(ess.double(), 1 / (w**2).sum(1), rtol=1e-5)
+
+
+def test_drift_shift_equals_the_std_formula():
+    torch.manual_seed(0)
+    values = 3.0 + 2.0 * torch.randn(2000, 40)
+    centre, scale = torch.randn(40), torch.rand(40) + 0.5
+    expected = (values.std(0) / scale).log().abs() + (values.mean(0) - centre).abs() / scale
+    assert torch.allclose(_shift(values, centre, scale), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gaussian_chain_step_matches_the_two_encoding_path():
+    # continuous layers: recalibration refits moment heads and input scaling between steps
+    torch.manual_seed(0)
+    model = HierarchicalModel([Gaussian(2), Gaussian(3, 2, init_scale=1.0)])
+    x = model.sample(40, generator=1)[0]
+    machines = [
+        DDCHelmholtzMachine(m, n_features=20, sleep_samples=200, generator=3)
+        for m in (model, copy.deepcopy(model))
+    ]
+    for step in range(3):
+        batch = x[10 * step : 10 * step + 10]
+        machines[0].step(batch)
+        old_step(machines[1], batch)
+    for new, old in zip(machines[0].model.parameters(), machines[1].model.parameters()):
+        assert torch.allclose(new, old, atol=1e-6, rtol=0)
+
+
+def test_folded_random_features_equal_the_step_by_step_formula():
+    from ddchm.ddc import LayerEncoding
+
+    for family in ("bernoulli", "gaussian"):
+        encoding = LayerEncoding(6, 40, family, gain=(0.5, 8.0), generator=1)
+        z = torch.randn(500, 6) * 2 + 1 if family == "gaussian" else (torch.rand(500, 6) < 0.3)
+        z = z.float()
+        encoding.calibrate(z[:250])
+        pre = (z @ encoding.direction.T - encoding.projection_centre) / encoding.projection_scale
+        expected = torch.sigmoid(encoding.slope * (pre - encoding.threshold))
+        assert torch.allclose(encoding.random_features(z), expected, atol=1e-5, rtol=0)
+        full = encoding(z)
+        assert torch.equal(full[:, :-1], encoding.features(z))
+        assert torch.equal(full[:, -1], torch.ones(500))
+
+
+def test_recogniser_loss_is_the_sleep_mean_plus_weighted_wake_mean():
+    from ddchm.ddc import NetworkRecognition
+
+    torch.manual_seed(0)
+    recogniser = NetworkRecognition(5, [7, 4], (16,), generator=0)
+    x, wake_x = torch.randn(30, 5), torch.randn(6, 5)
+    targets = [torch.rand(30, 7), torch.rand(30, 4)]
+    wake_targets = [torch.rand(6, 7), torch.rand(6, 4)]
+    weight = torch.rand(6)
+    with torch.no_grad():
+        sleep_r, wake_r = recogniser(x), recogniser(wake_x)
+    expected = sum(((r - t) ** 2).sum(1).mean() for r, t in zip(sleep_r, targets))
+    expected += sum((weight * ((r - t) ** 2).sum(1)).mean() for r, t in zip(wake_r, wake_targets))
+    loss = recogniser.fit_step(x, targets, wake_x, wake_targets, weight)
+    assert abs(loss - float(expected)) < 1e-5 * float(expected)
+    with torch.no_grad():
+        no_wake = float(sum(((r - t) ** 2).sum(1).mean() for r, t in zip(recogniser(x), targets)))
+    assert abs(recogniser.fit_step(x, targets) - no_wake) < 1e-5 * no_wake
+
+
+def test_throughput_breakdown_replays_the_step_it_times():
+    """benchmarks/throughput.py times a DDC-HM step piece by piece: the pieces must be the step."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("throughput_benchmark", path)
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    model = sbn(seed=3)
+    x = model.sample(40, generator=2)[0]
+    machines = [
+        DDCHelmholtzMachine(m, n_features=[20, 8], sleep_samples=200, generator=4)
+        for m in (model, copy.deepcopy(model))
+    ]
+    clock = {}
+    for step in range(3):
+        batch = x[10 * step : 10 * step + 10]
+        machines[0].step(batch)
+        throughput.ddc_phases(machines[1], batch, clock)
+    for new, old in zip(machines[0].model.parameters(), machines[1].model.parameters()):
+        assert torch.allclose(new, old, atol=1e-6, rtol=0)
+    assert {"dreams", "recogniser_update", "ridge_solves", "optimiser"} <= set(clock)

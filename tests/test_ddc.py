@@ -330,3 +330,15 @@ def test_bad_readout_arguments_raise_clear_errors():
         DDCHelmholtzMachine(model, recognition_readout="ridge", readout_forget=1.0)
     with pytest.raises(ValueError, match="ema: weight averaging applies to the 'adam' readout"):
         DDCHelmholtzMachine(model, recognition_readout="ridge", ema=0.99)
+
+
+def test_default_readout_is_ridge_for_discrete_latents_and_adam_for_continuous_ones():
+    from ddchm.ddc.recognition import MomentHead
+
+    binary = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10])
+    assert binary.recognition.readout == "ridge"
+    averaged = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10], ema=0.99)
+    assert averaged.recognition.readout == "adam"  # weight averaging needs trained heads
+    continuous = DDCHelmholtzMachine(make_truth("laplace-chain").model, n_features=[20, 10])
+    assert continuous.recognition.readout == "adam"
+    assert any(isinstance(head, MomentHead) for head in continuous.recognition.heads)

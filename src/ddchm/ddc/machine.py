@@ -65,8 +65,8 @@ class DDCHelmholtzMachine(Algorithm):
             (the second as the dreams grow); the second averages the posterior spread out over
             the effective number of dreams behind each x^s (median 360 / 68 at the sbn-hard /
             sbn-easy truths, 2,000 dreams). Measured on sbn-hard with the ridge readout: at a
-            frozen theta the learned update's cosine reached 0.96 after 750 recognition steps
-            (0.79-0.93 with 'samples'); while learning (seed 0, 4,000 steps) the median cosine
+            frozen theta the learned update's cosine was 0.87-0.96 over 1,500 recognition steps,
+            its error to the exact r_1 falling twice as fast (0.79-0.93 with 'samples'); while learning (seed 0, 4,000 steps) the median cosine
             rose only from 0.79 to 0.83 with the same test gap, for twice the step time (the
             N_sleep x N_sleep likelihood table and its products), so it is off by default.
         moment_heads: continuous layers' heads predict a mean and a Cholesky factor, so their

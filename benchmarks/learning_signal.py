@@ -50,17 +50,17 @@ def run(model_key: str, mode: str, seed: int | None, args) -> dict:
     config = load_config(ROOT / "configs" / f"learn-{model_key}-ddc.toml")
     if seed is not None:
         config["model"]["seed"] = config["train"]["seed"] = seed
-    config["algorithm"].update(args.overrides)
-    config = load_config(config)  # the overrides are checked like a config's own keys
+    if mode != "rws":
+        config["algorithm"].update(args.overrides)
+        config = load_config(config)  # the overrides are checked like a config's own keys
     steps = args.steps or config["train"]["steps"]
     data = build_data(config["data"])
     model = build_model(config["model"], data)
     section = config["algorithm"]
     if mode == "rws":  # the baseline shares the theta rate, trunk and recogniser rate
         shared = {k: section[k] for k in ("lr", "hidden", "recognition_lr") if k in section}
-        section = load_config(
-            {**config, "algorithm": {"name": "rws", "num_particles": 5, **shared}}
-        )["algorithm"]
+        rws = {"name": "rws", "num_particles": 5, **shared, **args.rws_overrides}
+        section = load_config({**config, "algorithm": rws})["algorithm"]
     machine = build_algorithm(section, model, config["train"]["seed"])
     dtype = next(model.parameters()).dtype
     train = data["train"].to(dtype)
@@ -134,8 +134,16 @@ def main():
         metavar="KEY=VALUE",
         help="override an [algorithm] key of the DDC-HM runs (TOML value), e.g. hidden=[500]",
     )
+    parser.add_argument(
+        "--rws-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the RWS run, e.g. insomnia=1.0",
+    )
     args = parser.parse_args()
     args.overrides = tomllib.loads("\n".join(args.set))
+    args.rws_overrides = tomllib.loads("\n".join(args.rws_set))
     torch.set_num_threads(1)
     runs = args.runs.split(",")
     seeds = list(range(args.seeds)) if args.seeds > 1 else [None]

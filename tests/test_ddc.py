@@ -332,13 +332,15 @@ def test_bad_readout_arguments_raise_clear_errors():
         DDCHelmholtzMachine(model, recognition_readout="ridge", ema=0.99)
 
 
-def test_default_readout_is_ridge_for_discrete_latents_and_adam_for_continuous_ones():
+def test_default_readout_is_ridge_for_all_discrete_models_and_adam_otherwise():
     from ddchm.ddc.recognition import MomentHead
 
     binary = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10])
     assert binary.recognition.readout == "ridge"
     averaged = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10], ema=0.99)
     assert averaged.recognition.readout == "adam"  # weight averaging needs trained heads
+    real_valued_x = DDCHelmholtzMachine(make_truth("sbn-gauss").model, n_features=[20, 10])
+    assert real_valued_x.recognition.readout == "adam"  # wake recognition must reach the heads
     continuous = DDCHelmholtzMachine(make_truth("laplace-chain").model, n_features=[20, 10])
     assert continuous.recognition.readout == "adam"
     assert any(isinstance(head, MomentHead) for head in continuous.recognition.heads)

@@ -46,8 +46,11 @@ class DDCHelmholtzMachine(Algorithm):
             'ridge' (heads solved in closed form each step on running normal equations of the
             trunk's features, forgotten by ``readout_forget`` per step, ridge ``readout_ridge``
             times the sample count; only the trunk is trained by Adam), or 'auto': 'ridge'
-            when every latent layer is discrete, else 'adam' (continuous layers need the moment
-            heads, which Adam trains). Adam leaves SGD noise in the heads that the section-7
+            when every layer, x included, is discrete, else 'adam'. Continuous latents need
+            the moment heads, which Adam trains; and the ridge heads are solved on dreams only,
+            so wake recognition reaches them only through the trunk, which is what real-valued
+            x needs (sbn-gauss, fixed theta, 500 recognition steps: cosine 0.70 with 'adam',
+            0.13 with 'ridge'). Adam leaves SGD noise in the heads that the section-7
             weights amplify; the ridge readout has none and follows theta within ~1 /
             (1 - readout_forget) steps. Learning sbn-hard (seed 0, 4,000 steps), the learned
             update's median cosine to the exact gradient rose from 0.55 to 0.79 (seed 0; over 3
@@ -67,8 +70,9 @@ class DDCHelmholtzMachine(Algorithm):
             the effective number of dreams behind each x^s (median 360 / 68 at the sbn-hard /
             sbn-easy truths, 2,000 dreams). Measured on sbn-hard with the ridge readout: at a
             frozen theta the learned update's cosine was 0.87-0.96 over 1,500 recognition steps,
-            its error to the exact r_1 falling twice as fast (0.79-0.93 with 'samples'); while learning (seed 0, 4,000 steps) the median cosine
-            rose only from 0.79 to 0.83 with the same test gap, for twice the step time (the
+            its error to the exact r_1 falling twice as fast (0.79-0.93 with 'samples');
+            while learning (seed 0, 4,000 steps) the median cosine rose only from 0.79 to
+            0.83 with the same test gap, for twice the step time (the
             N_sleep x N_sleep likelihood table and its products), so it is off by default.
         moment_heads: continuous layers' heads predict a mean and a Cholesky factor, so their
             second moments are consistent (no negative variances; see ``MomentHead``).
@@ -141,7 +145,7 @@ class DDCHelmholtzMachine(Algorithm):
         ).to(self.device)
         sizes = [encoding.size for encoding in self.encodings]
         if recognition_readout == "auto":
-            discrete = all(layer.discrete for layer in model.layers[1:])
+            discrete = all(layer.discrete for layer in model.layers)
             recognition_readout = "ridge" if discrete and not ema else "adam"
         if recognition == "network":
             self.recognition = NetworkRecognition(

@@ -317,6 +317,31 @@ def scaling(data, args) -> dict:
     return out
 
 
+def plot_scaling(sweeps: dict, path: str) -> None:
+    """One log-log panel per swept parameter: step time and the fitted line t = a + b x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(3.2 * len(sweeps), 3.0))
+    for ax, (parameter, sweep) in zip(axes, sweeps.items()):
+        xs = [float(v) for v in sweep["step_ms"]]
+        ax.loglog(xs, list(sweep["step_ms"].values()), "o-", label="measured")
+        fit = sweep["linear_fit_ms"]
+        ax.loglog(xs, [fit["a"] + fit["b_per_unit"] * x for x in xs], "--", label="a + b x")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel(parameter)
+        ax.set_ylabel("CPU ms per DDC-HM step")
+        ax.legend(fontsize=7)
+    fig.suptitle("DDC-HM step time, 784-w-w SBN on MNIST, batch 100, one thread", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke test)")
@@ -327,6 +352,9 @@ def main():
         type=int,
         default=None,
         help="training steps (batch 100) before timing (default 300, --quick 20)",
+    )
+    parser.add_argument(
+        "--figure", default=None, help="with --scaling: save the step-time curves to this PNG"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)  # CPU seconds then measure one core's work
@@ -356,6 +384,8 @@ def main():
     result["skipped"] = SKIPPED
     if args.scaling:
         result["scaling"] = scaling(mnist_data()[0], args)
+        if args.figure:
+            plot_scaling(result["scaling"], args.figure)
     result["machine"] = {
         "platform": f"{platform.machine()}, {platform.system()}",
         "torch": torch.__version__,

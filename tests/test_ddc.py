@@ -101,7 +101,13 @@ def test_oracle_gradient_is_per_parameter_accurate():
 
 
 @pytest.mark.slow
-def test_learned_recogniser_gives_accurate_gradient_on_tiny_model():
+@pytest.mark.parametrize(
+    "readout",
+    # at a fixed theta the ridge readout may forget slowly (0.9, the default, follows a moving
+    # theta and keeps ~5,000 dreams here: cosine 0.965)
+    [{"recognition_readout": "adam"}, {"recognition_readout": "ridge", "readout_forget": 0.99}],
+)
+def test_learned_recogniser_gives_accurate_gradient_on_tiny_model(readout):
     model = tiny_sbn(seed=2)
     x = model.sample(200, generator=7)[0]
     target = ExactInference(model).expected_gradient(x)
@@ -116,6 +122,7 @@ def test_learned_recogniser_gives_accurate_gradient_on_tiny_model():
         recognition_lr_final=1e-4,
         recognition_decay_steps=1500,
         generator=8,
+        **readout,
     )
     ddc.fit_recognition(1500)
     sleep, solvers = machine_pieces(ddc, x, n_sleep=20_000)
@@ -332,7 +339,7 @@ def test_bad_readout_arguments_raise_clear_errors():
         DDCHelmholtzMachine(model, recognition_readout="ridge", ema=0.99)
 
 
-def test_default_readout_is_ridge_for_all_discrete_models_and_adam_otherwise():
+def test_default_readout_is_ridge_for_discrete_latents_and_adam_otherwise():
     from ddchm.ddc.recognition import MomentHead
 
     binary = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10])
@@ -340,7 +347,39 @@ def test_default_readout_is_ridge_for_all_discrete_models_and_adam_otherwise():
     averaged = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10], ema=0.99)
     assert averaged.recognition.readout == "adam"  # weight averaging needs trained heads
     real_valued_x = DDCHelmholtzMachine(make_truth("sbn-gauss").model, n_features=[20, 10])
-    assert real_valued_x.recognition.readout == "adam"  # wake recognition must reach the heads
+    assert real_valued_x.recognition.readout == "ridge"  # its heads see the data rows too
+    assert real_valued_x.recognition.readout_wake_rows
     continuous = DDCHelmholtzMachine(make_truth("laplace-chain").model, n_features=[20, 10])
     assert continuous.recognition.readout == "adam"
     assert any(isinstance(head, MomentHead) for head in continuous.recognition.heads)
+
+
+def test_ridge_readout_with_wake_rows_solves_the_weighted_ridge_problem():
+    """Dreams weigh 1 each and the data rows wake_weight * n_sleep / n_wake each (the loss's
+    weights): the heads are that weighted ridge solution. Unweighted rows would miss it."""
+    recogniser = NetworkRecognition(
+        6,
+        [5, 3],
+        (16,),
+        readout="ridge",
+        readout_forget=0.0,
+        readout_ridge=1e-3,
+        readout_wake_rows=True,
+        generator=1,
+    ).double()
+    generator = torch.Generator().manual_seed(0)
+    x, wake_x = torch.rand(300, 6, generator=generator), torch.rand(30, 6, generator=generator)
+    targets = [torch.randn(300, k, generator=generator).double() for k in (5, 3)]
+    wake_targets = [3.0 + torch.randn(30, k, generator=generator).double() for k in (5, 3)]
+    wake_weight = torch.rand(30, generator=generator).double()
+    trunk_before = copy.deepcopy(recogniser.trunk)
+    recogniser.fit_step(x.double(), targets, wake_x.double(), wake_targets, wake_weight)
+    with torch.no_grad():
+        h = trunk_before(torch.cat([x, wake_x]).double())
+    h1 = torch.cat([h, torch.ones(330, 1, dtype=torch.float64)], 1)
+    w = torch.cat([torch.ones(300, dtype=torch.float64), wake_weight * 300 / 30])
+    a = (h1 * w[:, None]).T @ h1 + 1e-3 * float(w.sum()) * torch.eye(17, dtype=torch.float64)
+    for head, t, wt in zip(recogniser.heads, targets, wake_targets):
+        solution = torch.linalg.solve(a, (h1 * w[:, None]).T @ torch.cat([t, wt]))
+        assert torch.allclose(head.weight, solution[:-1].T, atol=1e-8)
+        assert torch.allclose(head.bias, solution[-1], atol=1e-8)

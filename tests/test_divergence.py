@@ -35,7 +35,7 @@ def assert_finite_checkpoint(run_dir):
     [
         ("sbn-hard", "1e30", ["step 1", "moved the model parameters", "step was not applied"]),
         ("mixed", "10", ["grad_norm", "step was not applied"]),
-        ("sbn-hard", "10", ["step 20", "test NLL rose"]),
+        ("sbn-hard", "100", ["step 20", "test NLL rose"]),  # lr 10 sometimes learns
     ],
 )
 def test_divergence_stops_with_exit_3_and_a_finite_checkpoint(tmp_path, capsys, truth, lr, words):

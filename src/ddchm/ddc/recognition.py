@@ -45,17 +45,21 @@ class RunningRidge(nn.Module):
         return self
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Add (features, targets) to the forgotten statistics; the new solutions A_l."""
+    def update(
+        self, features: torch.Tensor, targets: list[torch.Tensor], weights=None
+    ) -> list[torch.Tensor]:
+        """Add (features, targets) to the forgotten statistics, each row times its weight
+        (default 1); the new solutions A_l."""
         rho = self.forget
-        self.gram.mul_(rho).add_((features.T @ features).double())
-        self.count.mul_(rho).add_(features.shape[0])
+        weighted = features if weights is None else features * weights.unsqueeze(1)
+        self.gram.mul_(rho).add_((weighted.T @ features).double())
+        self.count.mul_(rho).add_(features.shape[0] if weights is None else float(weights.sum()))
         eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
         factor = torch.linalg.cholesky(self.gram + self.ridge * float(self.count) * eye)
         solutions = []
         for l, t in enumerate(targets):
             cross = getattr(self, f"cross{l}")
-            cross.mul_(rho).add_((features.T @ t).double())
+            cross.mul_(rho).add_((weighted.T @ t).double())
             solutions.append(torch.cholesky_solve(cross, factor))
         return solutions
 
@@ -139,6 +143,8 @@ class NetworkRecognition(nn.Module):
         readout: 'adam' (heads trained with the trunk) or 'ridge' (heads solved in closed form
             on exponentially forgotten normal equations: ``readout_forget`` per step, ridge
             ``readout_ridge`` times the effective sample count).
+        readout_wake_rows: with 'ridge', ``fit_step``'s data rows (``wake_x``) enter the
+            normal equations too, weighted as in the loss.
     """
 
     def __init__(
@@ -153,6 +159,7 @@ class NetworkRecognition(nn.Module):
         readout="adam",
         readout_forget=0.9,
         readout_ridge=1e-4,
+        readout_wake_rows=False,
         layouts=None,
         generator=None,
     ):
@@ -193,6 +200,7 @@ class NetworkRecognition(nn.Module):
                 if isinstance(head, MomentHead):
                     head.reset_parameters(generator)
         self.readout = readout
+        self.readout_wake_rows = bool(readout_wake_rows)
         if readout == "ridge":  # forgotten normal equations of [h, 1] -> targets
             self.normal_equations = RunningRidge(
                 readout_size + 1, encoding_sizes, readout_forget, readout_ridge
@@ -290,10 +298,12 @@ class NetworkRecognition(nn.Module):
         return self._forward(self.trunk, self.heads, x)
 
     @torch.no_grad()
-    def _solve_readout(self, h: torch.Tensor, targets: list[torch.Tensor]) -> None:
-        """Heads <- ridge solution of the forgotten normal equations, updated with (h, targets)."""
+    def _solve_readout(self, h: torch.Tensor, targets: list[torch.Tensor], weights=None) -> None:
+        """Heads <- ridge solution of the forgotten normal equations, updated with (h, targets)
+        and optional row weights."""
         h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], 1)
-        for head, solution in zip(self.heads, self.normal_equations.update(h1, targets)):
+        solutions = self.normal_equations.update(h1, targets, weights)
+        for head, solution in zip(self.heads, solutions):
             solution = solution.to(head.weight.dtype)
             head.weight.copy_(solution[:-1].T)
             head.bias.copy_(solution[-1])
@@ -315,7 +325,16 @@ class NetworkRecognition(nn.Module):
             x = torch.cat([x, wake_x])
         if self.readout == "ridge":
             h = self.trunk(self._scaled(x))
-            self._solve_readout(h[:n_sleep].detach(), targets)
+            if wake_x is not None and self.readout_wake_rows:
+                # the data rows enter the heads' normal equations with the loss's weights:
+                # in total wake_weight times the dreams' (each row n_sleep / n_wake of a dream's)
+                n_wake = x.shape[0] - n_sleep
+                weight = torch.as_tensor(wake_weight, dtype=h.dtype, device=h.device)
+                rows = torch.cat([h.new_ones(n_sleep), weight.expand(n_wake) * n_sleep / n_wake])
+                both = [torch.cat([t, w]) for t, w in zip(targets, wake_targets)]
+                self._solve_readout(h.detach(), both, rows)
+            else:
+                self._solve_readout(h[:n_sleep].detach(), targets)
             predictions = [head(h) for head in self.heads]
         else:
             predictions = self._forward(self.trunk, self.heads, x)

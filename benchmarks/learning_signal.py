@@ -15,8 +15,9 @@ at equal steps:
 
 The exact test NLL gap to the truth is evaluated every ``--every`` steps; a run's result is the
 mean of its last five evaluations (single readings at Adam 0.02 move by ~0.01 nats). With
-``--seeds N`` every run is repeated with model and minibatch seeds 0..N-1 (paired: each seed's
-runs share one start and one minibatch sequence); figures are means over seeds with s.e.
+``--seeds N`` every run is repeated with model and minibatch seeds 0..N-1 (``--first-seed K``:
+K..K+N-1), paired: each seed's runs share one start and one minibatch sequence; figures are
+means over seeds with s.e.
 
 Models: easy, hard (configs/learn-{easy,hard}-ddc.toml) and sbn-gauss, linear-gaussian (library
 defaults). Usage: python benchmarks/learning_signal.py [--models easy,hard] [--seeds 3]
@@ -125,6 +126,9 @@ def main():
     parser.add_argument("--every", type=int, default=100, help="steps between gap evaluations")
     parser.add_argument("--probe-every", type=int, default=500, help="steps between cosines")
     parser.add_argument("--seeds", type=int, default=1, help="model and minibatch seeds 0..N-1")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds K..K+N-1 (split a run across processes)"
+    )
     parser.add_argument("--points", type=int, default=2000, help="training points for cosines")
     parser.add_argument("--dreams", type=int, default=20_000, help="dreams for the probe's maps")
     parser.add_argument(
@@ -146,7 +150,10 @@ def main():
     args.rws_overrides = tomllib.loads("\n".join(args.rws_set))
     torch.set_num_threads(1)
     runs = args.runs.split(",")
-    seeds = list(range(args.seeds)) if args.seeds > 1 else [None]
+    if args.seeds > 1 or args.first_seed:
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    else:
+        seeds = [None]  # the config's own seeds
     result = {"gap": {}, "cosine": {}}
     for key in args.models.split(","):
         result["gap"][key] = {mode: {} for mode in runs}

@@ -184,7 +184,9 @@ def test_moment_heads_give_consistent_second_moments_and_survive_rescaling():
     from ddchm.ddc.recognition import MomentHead
 
     model = make_truth("linear-gaussian").model.float()
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=500, generator=0)
+    ddc = DDCHelmholtzMachine(
+        model, n_features=[20, 10], sleep_samples=500, recognition_readout="adam", generator=0
+    )
     heads = ddc.recognition.heads
     assert all(isinstance(head, MomentHead) for head in heads)
     with torch.no_grad():  # random weights everywhere: consistency must not depend on training

@@ -339,7 +339,7 @@ def test_bad_readout_arguments_raise_clear_errors():
         DDCHelmholtzMachine(model, recognition_readout="ridge", ema=0.99)
 
 
-def test_default_readout_is_ridge_for_discrete_latents_and_adam_otherwise():
+def test_default_readout_is_ridge_unless_weights_are_averaged():
     from ddchm.ddc.recognition import MomentHead
 
     binary = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10])
@@ -350,8 +350,12 @@ def test_default_readout_is_ridge_for_discrete_latents_and_adam_otherwise():
     assert real_valued_x.recognition.readout == "ridge"  # its heads see the data rows too
     assert real_valued_x.recognition.readout_wake_rows
     continuous = DDCHelmholtzMachine(make_truth("laplace-chain").model, n_features=[20, 10])
-    assert continuous.recognition.readout == "adam"
-    assert any(isinstance(head, MomentHead) for head in continuous.recognition.heads)
+    assert continuous.recognition.readout == "ridge"
+    assert not any(isinstance(head, MomentHead) for head in continuous.recognition.heads)
+    trained = DDCHelmholtzMachine(
+        make_truth("laplace-chain").model, n_features=[20, 10], recognition_readout="adam"
+    )
+    assert any(isinstance(head, MomentHead) for head in trained.recognition.heads)
 
 
 def test_ridge_readout_with_wake_rows_solves_the_weighted_ridge_problem():

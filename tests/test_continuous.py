@@ -270,3 +270,27 @@ def test_sleep_targets_option_is_checked_and_samples_mode_regresses_raw_encoding
     raw = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=50, sleep_targets="samples")
     raw.train_recognition(raw.dream())
     assert raw.last_sleep_ess != raw.last_sleep_ess  # NaN: no SNIS table was built
+
+
+def test_centred_products_round_trip_and_equal_the_residual_outer_product():
+    """The ridge readout regresses a continuous layer's products centred at the predicted mean:
+    for one sample the centred target is (u_i - m_i)(u_j - m_j), and adding m_i m_j back at the
+    output's own mean recovers E[u_i u_j] exactly."""
+    from ddchm.ddc.recognition import centre_products, uncentre_products
+
+    generator = torch.Generator().manual_seed(0)
+    D, n_extra, rest = 3, 3, 5
+    u = torch.randn(50, D, generator=generator, dtype=torch.float64)
+    i, j = torch.triu_indices(D, D)
+    extra, tail = u.abs(), torch.randn(50, rest, generator=generator, dtype=torch.float64)
+    t = torch.cat([u, extra, u[:, i] * u[:, j], tail], 1)
+    m = torch.randn(50, D, generator=generator, dtype=torch.float64)
+    centred = centre_products(t, m, D, n_extra)
+    expected = (u - m)[:, i] * (u - m)[:, j]
+    assert torch.allclose(centred[:, 2 * D : 2 * D + 6], expected, atol=1e-12)
+    assert torch.equal(centred[:, : 2 * D], t[:, : 2 * D]) and torch.equal(centred[:, -rest:], tail)
+    average = t.mean(0, keepdim=True)  # averaged targets: centred at their own mean, the
+    back = uncentre_products(centre_products(average, average[:, :D], D, n_extra), D, n_extra)
+    assert torch.allclose(back, average, atol=1e-12)  # round trip is exact
+    covariance = centre_products(average, average[:, :D], D, n_extra)[0, 2 * D : 2 * D + 6]
+    assert torch.allclose(covariance, torch.cov(u.T, correction=0)[i, j], atol=1e-12)

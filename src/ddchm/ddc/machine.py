@@ -84,10 +84,15 @@ class DDCHelmholtzMachine(Algorithm):
             N_sleep x N_sleep likelihood table and its products), so it is off by default.
         moment_heads: with the 'adam' readout, continuous layers' heads predict a mean and a
             Cholesky factor, so their second moments are consistent (no negative variances;
-            see ``MomentHead``). The ridge readout's linear heads are left unconstrained:
-            projecting their outputs onto consistent moments (negative covariance eigenvalues
-            set to 0) biased the posterior variances upwards where they are near 0, and learning
-            linear-gaussian stalled at a gap of 0.7-1.0 nats (0.09 without the projection).
+            see ``MomentHead``). The ridge readout instead regresses a continuous layer's
+            products centred at its own predicted mean, (u_i - m_i)(u_j - m_j), and adds
+            m_i m_j back at the output (``recognition.centre_products``): the regression's
+            error then scales with the posterior's spread rather than the prior's. Learning
+            linear-gaussian (3,000 steps), raw products gave 0.09 nats on seed 0 after an
+            observation log-std collapsed to -6 and recovered, and a collapse that did not
+            recover on seed 1; centred products gave a steady 0.12 on seed 0 (the exact learner:
+            0.03). Projecting raw outputs onto consistent moments (negative covariance
+            eigenvalues set to 0) biased near-zero variances upwards: 0.7-1.0 nats.
         ema: Polyak/EMA factor of the recogniser weights used at wake time (None: off).
         input_scaling: centre and scale the recogniser's input by the dreams' mean and sd (None:
             when the observations are continuous; binary x is left as it is).

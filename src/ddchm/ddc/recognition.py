@@ -64,6 +64,27 @@ class RunningRidge(nn.Module):
         return solutions
 
 
+def centre_products(t: torch.Tensor, mean: torch.Tensor, dim: int, n_extra: int) -> torch.Tensor:
+    """Targets of a continuous layer's encoding [u, extra, u_i u_j (i <= j), rest] with the
+    products centred at ``mean`` (a prediction of E[u | x]): u_i u_j -> (u_i - m_i)(u_j - m_j),
+    written as t_ij - m_i t_j - t_i m_j + m_i m_j so that it also holds for averaged targets."""
+    D, E = dim, dim + n_extra
+    i, j = torch.triu_indices(D, D, device=t.device)
+    first, m = t[:, :D], mean.to(t.dtype)
+    centred = t[:, E : E + i.numel()] - m[:, i] * first[:, j] - first[:, i] * m[:, j]
+    centred = centred + m[:, i] * m[:, j]
+    return torch.cat([t[:, :E], centred, t[:, E + i.numel() :]], dim=1)
+
+
+def uncentre_products(r: torch.Tensor, dim: int, n_extra: int) -> torch.Tensor:
+    """Inverse of :func:`centre_products` at the output's own mean: E[u_i u_j | x] = predicted
+    residual (co)variance + m_i m_j."""
+    D, E = dim, dim + n_extra
+    i, j = torch.triu_indices(D, D, device=r.device)
+    products = r[:, E : E + i.numel()] + r[:, i] * r[:, j]
+    return torch.cat([r[:, :E], products, r[:, E + i.numel() :]], dim=1)
+
+
 class MomentHead(nn.Module):
     """The head of a continuous layer whose encoding holds z's moments: consistent by construction.
 
@@ -201,6 +222,10 @@ class NetworkRecognition(nn.Module):
                     head.reset_parameters(generator)
         self.readout = readout
         self.readout_wake_rows = bool(readout_wake_rows)
+        # the ridge readout regresses a continuous layer's products centred at its predicted
+        # mean (centre_products) and adds m_i m_j back at the output: errors then scale with
+        # the posterior's spread, not the prior's (see the machine's ``moment_heads``)
+        self.centred = layouts if readout == "ridge" else [None] * len(encoding_sizes)
         if readout == "ridge":  # forgotten normal equations of [h, 1] -> targets
             self.normal_equations = RunningRidge(
                 readout_size + 1, encoding_sizes, readout_forget, readout_ridge
@@ -222,6 +247,19 @@ class NetworkRecognition(nn.Module):
         scaled = self._scaled(x)
         h = trunk(scaled)
         return [head(h, scaled) if isinstance(head, MomentHead) else head(h) for head in heads]
+
+    def _uncentred(self, outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            r if layout is None else uncentre_products(r, *layout)
+            for r, layout in zip(outputs, self.centred)
+        ]
+
+    def _centred(self, targets, predictions) -> list[torch.Tensor]:
+        """Targets with centred products, at the means in ``predictions`` (raw head outputs)."""
+        return [
+            t if layout is None else centre_products(t, p[:, : layout[0]], *layout)
+            for t, p, layout in zip(targets, predictions, self.centred)
+        ]
 
     @torch.no_grad()
     def set_input_scaling(self, x: torch.Tensor) -> None:
@@ -280,6 +318,10 @@ class NetworkRecognition(nn.Module):
                     self.averaged[1][l].load_state_dict(head.state_dict())
                 continue
             solution = torch.cholesky_solve(h1.T @ t.double(), factor)
+            if self.centred[l] is not None:  # products centred at the refitted means
+                mean = h1 @ solution[:, : self.centred[l][0]]
+                t = centre_products(t.double(), mean, *self.centred[l])
+                solution = torch.cholesky_solve(h1.T @ t, factor)
             head.weight.copy_(solution[:-1].T.to(head.weight.dtype))
             head.bias.copy_(solution[-1].to(head.bias.dtype))
             if self.averaged is not None:
@@ -295,7 +337,7 @@ class NetworkRecognition(nn.Module):
         """[r_1(x), ..., r_L(x)] as used at wake time (the averaged weights if ``ema``)."""
         if self.averaged is not None:
             return self._forward(self.averaged[0], self.averaged[1], x)
-        return self._forward(self.trunk, self.heads, x)
+        return self._uncentred(self._forward(self.trunk, self.heads, x))
 
     @torch.no_grad()
     def _solve_readout(self, h: torch.Tensor, targets: list[torch.Tensor], weights=None) -> None:
@@ -325,6 +367,12 @@ class NetworkRecognition(nn.Module):
             x = torch.cat([x, wake_x])
         if self.readout == "ridge":
             h = self.trunk(self._scaled(x))
+            if any(layout is not None for layout in self.centred):
+                with torch.no_grad():  # centre at the means the heads predict now
+                    before = [head(h) for head in self.heads]
+                targets = self._centred(targets, [p[:n_sleep] for p in before])
+                if wake_x is not None:
+                    wake_targets = self._centred(wake_targets, [p[n_sleep:] for p in before])
             if wake_x is not None and self.readout_wake_rows:
                 # the data rows enter the heads' normal equations with the loss's weights:
                 # in total wake_weight times the dreams' (each row n_sleep / n_wake of a dream's)

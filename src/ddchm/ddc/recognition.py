@@ -365,37 +365,28 @@ class NetworkRecognition(nn.Module):
         n_sleep = x.shape[0]
         if wake_x is not None:
             x = torch.cat([x, wake_x])
-        if self.readout == "ridge":
-            h = self.trunk(self._scaled(x))
-            if any(layout is not None for layout in self.centred):
-                with torch.no_grad():  # centre at the means the heads predict now
-                    before = [head(h) for head in self.heads]
-                targets = self._centred(targets, [p[:n_sleep] for p in before])
-                if wake_x is not None:
-                    wake_targets = self._centred(wake_targets, [p[n_sleep:] for p in before])
-            if wake_x is not None and self.readout_wake_rows:
-                # the data rows enter the heads' normal equations with the loss's weights:
-                # in total wake_weight times the dreams' (each row n_sleep / n_wake of a dream's)
-                n_wake = x.shape[0] - n_sleep
-                weight = torch.as_tensor(wake_weight, dtype=h.dtype, device=h.device)
-                rows = torch.cat([h.new_ones(n_sleep), weight.expand(n_wake) * n_sleep / n_wake])
-                both = [torch.cat([t, w]) for t, w in zip(targets, wake_targets)]
-                self._solve_readout(h.detach(), both, rows)
-            else:
-                self._solve_readout(h[:n_sleep].detach(), targets)
-            predictions = [head(h) for head in self.heads]
-        else:
-            predictions = self._forward(self.trunk, self.heads, x)
+            targets = [torch.cat([t, w]) for t, w in zip(targets, wake_targets)]
         # sum over rows of row_weight * ||r(x) - target||^2: weight 1 / n_sleep on the dreams (a
         # mean), wake_weight / n_wake on the data points; one pass over all rows, no slicing
         # (the sliced form spent a third of this step in slice and zero-fill copies)
         row_weight = x.new_full((x.shape[0],), 1.0 / n_sleep)
-        if wake_x is not None:
-            n_wake = x.shape[0] - n_sleep
-            # wake_weight: a number, or one weight per data point
+        if wake_x is not None:  # wake_weight: a number, or one weight per data point
             weight = torch.as_tensor(wake_weight, dtype=x.dtype, device=x.device)
-            row_weight[n_sleep:] = weight / n_wake
-            targets = [torch.cat([t, w]) for t, w in zip(targets, wake_targets)]
+            row_weight[n_sleep:] = weight / wake_x.shape[0]
+        if self.readout == "ridge":
+            h = self.trunk(self._scaled(x))
+            if any(layout is not None for layout in self.centred):
+                with torch.no_grad():  # centre at the means the heads predict now
+                    targets = self._centred(targets, [head(h) for head in self.heads])
+            if wake_x is not None and self.readout_wake_rows:
+                # the data rows enter the heads' normal equations with the loss's weights,
+                # scaled so that a dream's row counts 1
+                self._solve_readout(h.detach(), targets, row_weight * n_sleep)
+            else:
+                self._solve_readout(h[:n_sleep].detach(), [t[:n_sleep] for t in targets])
+            predictions = [head(h) for head in self.heads]
+        else:
+            predictions = self._forward(self.trunk, self.heads, x)
         loss = sum(row_weight @ ((p - t) ** 2).sum(1) for p, t in zip(predictions, targets))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

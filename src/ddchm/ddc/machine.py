@@ -53,16 +53,17 @@ class DDCHelmholtzMachine(Algorithm):
             the test gap unchanged (docs/RESULTS.md). On continuous latents it replaces the
             Adam-trained moment heads (``moment_heads`` applies to 'adam' only): learning
             linear-gaussian (3,000 steps, seed 0) the gap to the exact learner fell from 0.8
-            nats, with a latent log-std collapsing, to 0.05, with no collapse; at a fixed theta
-            (``gradient_accuracy.py --quick``) laplace-chain gave 0.46 with either readout.
+            nats, with a latent log-std collapsing, to 0.09 (centred products, see
+            ``moment_heads``); at a fixed theta (``gradient_accuracy.py --quick``) laplace-chain
+            gave 0.46 with either readout.
         readout_wake_rows: with the ridge readout and wake recognition, the data batch's rows
             and their importance-weighted targets enter the heads' normal equations with the
             loss's weights (in total ``wake_weight`` times the dreams'). Without them the
             heads see dreams only, and real-valued x needs the data: sbn-gauss at a fixed
             theta, 500 recognition steps, cosine 0.13 without, 0.98 with (0.70 with Adam
-            heads); learning sbn-gauss, gap to the exact learner 0.05 nats (0.18 with Adam
-            heads) and median cosine 0.95. At a fixed theta it also lifted sbn-easy / sbn-hard
-            from 0.994 / 0.990 to 0.997 / 0.995.
+            heads); learning sbn-gauss (wake weight 1), gap to the exact learner 0.05 nats
+            (0.18 with Adam heads) and median cosine 0.95. At a fixed theta it also lifted
+            sbn-easy / sbn-hard from 0.994 / 0.990 to 0.997 / 0.995.
         wake_recognition: also train the recogniser on each data batch, towards importance-
             weighted encodings of the dreams (:meth:`wake_targets`), with weight ``wake_weight``
             relative to the sleep loss, scaled down for points whose targets rest on fewer than

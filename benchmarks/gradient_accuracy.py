@@ -23,6 +23,7 @@ import argparse
 import json
 import platform
 import time
+import tomllib
 
 import torch
 
@@ -64,13 +65,14 @@ def ddc_cosines(truth_name, args):
             recognition_lr_final=2e-5,
             recognition_decay_steps=args.recognition_steps,
             generator=3,
+            **args.overrides,
         )
         tic = time.perf_counter()
         # on dreams, and (wake recognition) on the data points, as in training
         ddc.fit_recognition(args.recognition_steps, data=x.float())
         seconds = time.perf_counter() - tic
         dreams = ddc.dream(args.map_samples)
-        solvers = [None] + [RidgeSolver(f, ddc.ridge) for f in ddc.encode(dreams[1:])]
+        solvers = [None, *ddc.map_solvers(ddc.encode(dreams[1:]))]
         r = [None] + ddc.expected_encodings(x.float())
         estimate = wake_gradient(model32, dreams, solvers, r, x.float())
         out[label] = {**compare_gradients(estimate, target), "fit_seconds": round(seconds, 1)}
@@ -109,7 +111,15 @@ def main():
     parser.add_argument("--oracle-ridge", type=float, default=1e-6)
     parser.add_argument("--particles", type=int, default=10)
     parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a DDCHelmholtzMachine argument of the learned runs (TOML value)",
+    )
     args = parser.parse_args()
+    args.overrides = tomllib.loads("\n".join(args.set))
     if args.quick:
         args.map_samples, args.recognition_steps, args.draws = 10_000, 500, 20
     torch.set_num_threads(max(1, torch.get_num_threads()))

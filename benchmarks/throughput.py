@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddchm.algorithms import BASELINES
 from ddchm.algorithms.base import apply_ascent
-from ddchm.ddc import DDCHelmholtzMachine, RidgeSolver, wake_gradient
+from ddchm.ddc import DDCHelmholtzMachine, wake_gradient
 from ddchm.experiment import build_algorithm, build_data, build_model, load_config
 from ddchm.models import HierarchicalModel
 
@@ -153,7 +153,7 @@ def ddc_phases(ddc: DDCHelmholtzMachine, batch: torch.Tensor, clock: dict) -> No
         tic = lap("wake_importance_targets", tic)
     ddc.recognition.fit_step(sleep[0], features, **wake)
     tic = lap("recogniser_update", tic)
-    solvers = [None] + [RidgeSolver(f, ddc.ridge) for f in features]
+    solvers = [None, *ddc.map_solvers(features)]
     tic = lap("ridge_solves", tic)
     r = ddc.expected_encodings(batch)
     ascent = wake_gradient(ddc.model, sleep, solvers, [None, *r], batch)

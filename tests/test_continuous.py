@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddchm.data import make_truth
-from ddchm.ddc import DDCHelmholtzMachine, LayerEncoding, RidgeSolver, wake_terms
+from ddchm.ddc import DDCHelmholtzMachine, LayerEncoding, wake_terms
 from ddchm.evaluate.gradients import perturbed_model
 from ddchm.models import (
     ExactInference,
@@ -102,15 +102,19 @@ def test_encodings_of_a_continuous_layer_contain_its_statistics():
     assert torch.allclose(encoding.random_features(moved), before, atol=1e-9)
 
 
-def oracle_gradient(truth_name, n_points=100, n_dreams=20_000, negate=None):
+def oracle_gradient(
+    truth_name, n_points=100, n_dreams=20_000, negate=None, ridge=1e-6, exact_ridge=None
+):
     """DDC gradient with exact E[T|x] at a perturbed truth; optionally one wake term negated."""
     truth = make_truth(truth_name)
     x = truth.splits(n_points, 0, 0, seed=7)["train"]
     model = perturbed_model(truth.model, 0.5, seed=1)
     reference = exact_reference(model)
-    ddc = DDCHelmholtzMachine(model, n_features=[100, 50], ridge=1e-6, generator=2)
+    ddc = DDCHelmholtzMachine(
+        model, n_features=[100, 50], ridge=ridge, exact_ridge=exact_ridge, generator=2
+    )
     dreams = ddc.dream(n_dreams)
-    solvers = [None] + [RidgeSolver(f, 1e-6) for f in ddc.encode(dreams[1:])]
+    solvers = [None, *ddc.map_solvers(ddc.encode(dreams[1:]))]
     r = [None] + [reference.expectation(x, e, layer=l) for l, e in enumerate(ddc.encodings, 1)]
     terms = wake_terms(model, dreams, solvers, r, x)
     objective = sum(-v if k == negate else v for k, v in terms.items())
@@ -127,6 +131,16 @@ def worst_tensor_error(estimate, exact):
 def test_oracle_ddc_gradient_is_exact_per_tensor_on_continuous_chains(truth):
     estimate, exact = oracle_gradient(truth)
     assert worst_tensor_error(estimate, exact) < 0.03
+
+
+def test_exact_features_escape_the_random_features_ridge():
+    """On a linear-Gaussian chain every map target is linear in the exact features: a strong
+    ridge on the random features alone (exact_ridge small) keeps the oracle gradient exact,
+    while the same ridge on every column biases it."""
+    assert (
+        worst_tensor_error(*oracle_gradient("linear-gaussian", ridge=1e-2, exact_ridge=1e-8)) < 0.03
+    )
+    assert worst_tensor_error(*oracle_gradient("linear-gaussian", ridge=1e-2)) > 0.1
 
 
 def own_relative_errors(estimate, exact):

@@ -10,7 +10,6 @@ from ddchm.ddc import (
     DDCHelmholtzMachine,
     LayerEncoding,
     NetworkRecognition,
-    RidgeSolver,
     explicit_wake_gradient,
     wake_gradient,
 )
@@ -20,7 +19,7 @@ from ddchm.models import Bernoulli, ExactInference, Gaussian, HierarchicalModel,
 
 def machine_pieces(ddc, x, n_sleep=None):
     sleep = ddc.dream(n_sleep)
-    solvers = [None] + [RidgeSolver(f, ddc.ridge) for f in ddc.encode(sleep[1:])]
+    solvers = [None, *ddc.map_solvers(ddc.encode(sleep[1:]))]
     return sleep, solvers
 
 
@@ -331,21 +330,21 @@ def test_ridge_readout_learns_posterior_means_and_round_trips():
 
 def test_bad_readout_arguments_raise_clear_errors():
     model = tiny_sbn()
-    with pytest.raises(ValueError, match="readout: expected 'adam' or 'ridge'"):
+    with pytest.raises(ValueError, match="recognition_readout: expected 'auto', 'adam' or 'ridge'"):
         DDCHelmholtzMachine(model, recognition_readout="sgd")
     with pytest.raises(ValueError, match="readout_forget: expected a number in"):
         DDCHelmholtzMachine(model, recognition_readout="ridge", readout_forget=1.0)
-    with pytest.raises(ValueError, match="ema: weight averaging applies to the 'adam' readout"):
-        DDCHelmholtzMachine(model, recognition_readout="ridge", ema=0.99)
+    with pytest.raises(ValueError, match=r"ema: expected a number in \(0, 1\) or None"):
+        DDCHelmholtzMachine(model, ema=1.0)
 
 
-def test_default_readout_is_ridge_unless_weights_are_averaged():
+def test_default_readout_is_ridge_for_every_family():
     from ddchm.ddc.recognition import MomentHead
 
     binary = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10])
     assert binary.recognition.readout == "ridge"
     averaged = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10], ema=0.99)
-    assert averaged.recognition.readout == "adam"  # weight averaging needs trained heads
+    assert averaged.recognition.readout == "ridge"  # the heads read the averaged trunk
     real_valued_x = DDCHelmholtzMachine(make_truth("sbn-gauss").model, n_features=[20, 10])
     assert real_valued_x.recognition.readout == "ridge"  # its heads see the data rows too
     assert real_valued_x.recognition.readout_wake_rows
@@ -387,3 +386,28 @@ def test_ridge_readout_with_wake_rows_solves_the_weighted_ridge_problem():
         solution = torch.linalg.solve(a, (h1 * w[:, None]).T @ torch.cat([t, wt]))
         assert torch.allclose(head.weight, solution[:-1].T, atol=1e-8)
         assert torch.allclose(head.bias, solution[-1], atol=1e-8)
+
+
+def test_ridge_readout_with_ema_reads_the_averaged_trunk():
+    """With ``ema`` the ridge heads are solved on, and read, the features of an exponential
+    moving average of the trunk; the live trunk is what Adam trains."""
+    model = make_truth("sbn-hard").model
+    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], ema=0.9, generator=5)
+    rec = ddc.recognition
+    start = [p.detach().clone() for p in rec.trunk.parameters()]
+    for _ in range(5):
+        ddc.train_recognition(ddc.dream(200))
+    live = [p.detach() for p in rec.trunk.parameters()]
+    averaged = [p.detach() for p in rec.averaged[0].parameters()]
+    assert all(not torch.equal(a, b) for a, b in zip(live, start))  # the live trunk trains
+    # the average lags the live trunk and has moved from the start
+    assert all((a - s).norm() < (b - s).norm() for a, b, s in zip(averaged, live, start))
+    assert all((a - s).norm() > 0 for a, s in zip(averaged, start))
+    x = ddc.dream(50)[0]
+    with torch.no_grad():
+        h = rec.averaged[0](rec._scaled(x))
+        expected = [head(h) for head in rec.heads]
+        other = [head(rec.trunk(rec._scaled(x))) for head in rec.heads]
+    got = rec(x)
+    assert all(torch.allclose(g, e) for g, e in zip(got, expected))
+    assert not all(torch.allclose(g, o) for g, o in zip(got, other))

@@ -138,6 +138,16 @@ class LayerEncoding(nn.Module):
             return None
         return self.dim, self.dim * len(FAMILY_STATS[self.family])
 
+    def map_ridge(self, ridge: float, exact_ridge: float | None = None) -> torch.Tensor:
+        """Per-column penalties (lambda / N) of a gradient map on T: ``exact_ridge`` on the exact
+        features and the constant, ``ridge`` on the random ones (all ``ridge`` when whitened,
+        where the blocks mix, or when ``exact_ridge`` is None)."""
+        penalty = torch.full((self.size,), float(ridge), dtype=torch.float64)
+        if exact_ridge is not None and not self.whitened:
+            penalty[: self.n_exact] = float(exact_ridge)
+            penalty[-1] = float(exact_ridge)
+        return penalty
+
     # --- calibration -------------------------------------------------------------------------
     @torch.no_grad()
     def calibrate(self, samples: torch.Tensor) -> LayerEncoding:

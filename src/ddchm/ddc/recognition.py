@@ -195,8 +195,8 @@ class NetworkRecognition(nn.Module):
             raise ValueError(f"readout_forget: expected a number in [0, 1), got {readout_forget}")
         if not readout_ridge > 0:
             raise ValueError(f"readout_ridge: expected a number > 0, got {readout_ridge}")
-        if readout == "ridge" and ema:
-            raise ValueError("ema: weight averaging applies to the 'adam' readout only")
+        if ema is not None and not 0 < ema < 1:
+            raise ValueError(f"ema: expected a number in (0, 1) or None, got {ema}")
         generator = make_generator(generator)
         sizes, layers = [data_dim, *hidden], []
         for fan_in, fan_out in zip(sizes, sizes[1:]):
@@ -238,7 +238,16 @@ class NetworkRecognition(nn.Module):
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=gamma)
         self.lr_final = lr_final
         self.ema = ema
-        self.averaged = copy.deepcopy(nn.ModuleList([self.trunk, self.heads])) if ema else None
+        # 'adam': wake time reads averaged copies of trunk and heads; 'ridge': an averaged copy
+        # of the trunk gives the features the heads are solved on and read (heads shared)
+        heads = self.heads if readout == "ridge" else copy.deepcopy(self.heads)
+        self.averaged = nn.ModuleList([copy.deepcopy(self.trunk), heads]) if ema else None
+
+    def _readout_trunk(self) -> nn.Module:
+        """The trunk whose features the heads read: the averaged copy with 'ridge' and ``ema``."""
+        if self.averaged is not None and self.readout == "ridge":
+            return self.averaged[0]
+        return self.trunk
 
     def _scaled(self, x):
         return (x - self.input_centre.to(x.dtype)) / self.input_scale.to(x.dtype)
@@ -303,7 +312,7 @@ class NetworkRecognition(nn.Module):
         regression on the trunk's features: carries the recogniser across a change of the
         encodings' basis (recalibration) without re-learning the trunk. ``unit_ratios`` (index
         -> old / new unit scale) carry a moment head's covariance across exactly."""
-        h = self.trunk(self._scaled(x))
+        h = self._readout_trunk()(self._scaled(x))
         h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], 1).double()
         gram = h1.T @ h1
         eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
@@ -335,9 +344,9 @@ class NetworkRecognition(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[r_1(x), ..., r_L(x)] as used at wake time (the averaged weights if ``ema``)."""
-        if self.averaged is not None:
+        if self.averaged is not None and self.readout == "adam":
             return self._forward(self.averaged[0], self.averaged[1], x)
-        return self._uncentred(self._forward(self.trunk, self.heads, x))
+        return self._uncentred(self._forward(self._readout_trunk(), self.heads, x))
 
     @torch.no_grad()
     def _solve_readout(self, h: torch.Tensor, targets: list[torch.Tensor], weights=None) -> None:
@@ -374,16 +383,19 @@ class NetworkRecognition(nn.Module):
             weight = torch.as_tensor(wake_weight, dtype=x.dtype, device=x.device)
             row_weight[n_sleep:] = weight / wake_x.shape[0]
         if self.readout == "ridge":
-            h = self.trunk(self._scaled(x))
+            scaled = self._scaled(x)
+            h = self.trunk(scaled)
+            with torch.no_grad():  # the features the heads are solved on and read at wake time
+                read = h.detach() if self.averaged is None else self.averaged[0](scaled)
             if any(layout is not None for layout in self.centred):
                 with torch.no_grad():  # centre at the means the heads predict now
-                    targets = self._centred(targets, [head(h) for head in self.heads])
+                    targets = self._centred(targets, [head(read) for head in self.heads])
             if wake_x is not None and self.readout_wake_rows:
                 # the data rows enter the heads' normal equations with the loss's weights,
                 # scaled so that a dream's row counts 1
-                self._solve_readout(h.detach(), targets, row_weight * n_sleep)
+                self._solve_readout(read, targets, row_weight * n_sleep)
             else:
-                self._solve_readout(h[:n_sleep].detach(), [t[:n_sleep] for t in targets])
+                self._solve_readout(read[:n_sleep], [t[:n_sleep] for t in targets])
             predictions = [head(h) for head in self.heads]
         else:
             predictions = self._forward(self.trunk, self.heads, x)
@@ -395,8 +407,12 @@ class NetworkRecognition(nn.Module):
             self.scheduler.step()
         if self.averaged is not None:
             with torch.no_grad():
-                live = list(self.trunk.parameters()) + list(self.heads.parameters())
-                for avg, p in zip(self.averaged.parameters(), live):
+                live = list(self.trunk.parameters())
+                averaged = list(self.averaged[0].parameters())
+                if self.readout == "adam":
+                    live += list(self.heads.parameters())
+                    averaged += list(self.averaged[1].parameters())
+                for avg, p in zip(averaged, live):
                     avg.lerp_(p, 1 - self.ema)
         return float(loss.detach())
 

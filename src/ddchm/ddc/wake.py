@@ -23,7 +23,10 @@ from ddchm.models import HierarchicalModel
 
 
 class RidgeSolver:
-    """(F^T F + lambda I)^{-1} for one feature matrix F (N x K), in float64, lambda = ridge * N.
+    """(F^T F + Lambda)^{-1} for one feature matrix F (N x K), in float64, Lambda = ridge * N.
+
+    ``ridge`` is a number (the same penalty on every column) or a vector of K per-column
+    penalties (see :meth:`LayerEncoding.map_ridge`).
 
     Everything that touches the solution stays float64, the products with F included: the
     solution's entries are large and cancel (nearly collinear features), so F @ solution in
@@ -32,10 +35,12 @@ class RidgeSolver:
     F is converted to float64 once per solver, not once per product.
     """
 
-    def __init__(self, features: torch.Tensor, ridge: float):
+    def __init__(self, features: torch.Tensor, ridge):
         self.features = features
         self.features64 = features.double()
         gram = self.features64.T @ self.features64
+        if torch.is_tensor(ridge):
+            ridge = ridge.to(gram)
         gram.diagonal().add_(ridge * features.shape[0])
         self.factor = torch.linalg.cholesky(gram)
 

@@ -9,7 +9,11 @@ at equal steps:
 - ``learned``: DDC-HM as configured. Every ``--probe-every`` steps, on ``--points`` training
   points and ``--dreams`` fresh dreams for the maps, the cosine with the exact gradient of the
   update from the learned r, from the oracle r, and from the oracle r_1 with the learned r_2..
-  (which layer's recognition error costs most);
+  (which layer's recognition error costs most). The same learned and oracle updates are also
+  summed over the ``--probe-window`` steps ending at each probe and compared with the sum of
+  the exact gradients there (``learned_window``): Adam integrates its updates, so noise that
+  is independent from step to step averages out of the trajectory while a lag or bias does not;
+  the windowed cosine separates the two;
 - ``rws``: reweighted wake-sleep with 5 particles, the config's theta rate, trunk and
   recogniser rate (the baseline that learns like the exact gradient per step).
 
@@ -23,7 +27,9 @@ Models: easy, hard (configs/learn-{easy,hard}-ddc.toml) and sbn-gauss, linear-ga
 defaults). Usage: python benchmarks/learning_signal.py [--models easy,hard] [--seeds 3]
 The last line of output is JSON: {"gap": {model: {run: {seed: {step: gap}}}}, "cosine": {...},
 "gap_to_exact_training_nats": {model: learned minus exact}, "learned_cosine_during_learning":
-{model: median of the learned update's cosines along the runs}, "ddc_minus_rws_nats": {model:
+{model: median of the learned update's cosines along the runs},
+"learned_window_cosine_during_learning" {model: the same for the windowed cosines},
+"ddc_minus_rws_nats": {model:
 learned minus rws}, and "*_se" standard errors over seeds}.
 """
 
@@ -68,7 +74,7 @@ def run(model_key: str, mode: str, seed: int | None, args) -> dict:
     evaluate = Evaluator(model, machine, data)  # exact test NLL gap (and posterior accuracy)
     batches = Minibatches(train, config["train"]["batch_size"], config["train"]["seed"])
     probe = train[: args.points]
-    gaps, cosines = {}, {}
+    gaps, cosines, window = {}, {}, {}
     for step in range(1, steps + 1):
         batch = batches.next()
         if mode == "exact":
@@ -83,25 +89,37 @@ def run(model_key: str, mode: str, seed: int | None, args) -> dict:
             machine.step(batch)
         if step % args.every == 0:
             gaps[step] = round(evaluate()["nll_gap"], 4)
-        if mode == "learned" and step % args.probe_every == 0:
+        if mode == "learned" and (-step) % args.probe_every < args.probe_window:
+            # the probe: updates on the probe points from the learned r, the oracle r and (at
+            # the probe step itself) the oracle r_1 with the learned r_2.., all with the same
+            # large set of fresh dreams for the maps (only r differs); inside the window the
+            # learned and oracle updates and the exact gradient are summed over its steps
             exact = exact_reference(model)
             with torch.no_grad():
                 oracle = [r.to(dtype) for r in oracle_encodings(exact, machine.encodings, probe)]
                 learned = machine.expected_encodings(probe)
             target = exact.expected_gradient(probe)
-            variants = {
-                "learned": learned,
-                "oracle": oracle,
-                "oracle_r1": [oracle[0], *learned[1:]],
-            }
-            # the same large set of dreams for every variant: only r differs
+            variants = {"learned": learned, "oracle": oracle}
+            if step % args.probe_every == 0:
+                variants["oracle_r1"] = [oracle[0], *learned[1:]]
             sleep = model.sample(args.dreams, generator=torch.Generator().manual_seed(step))
-            cosines[step] = {
-                name: round(
-                    compare_gradients(machine.theta_gradient(probe, sleep, r), target)["cosine"], 4
-                )
-                for name, r in variants.items()
+            updates = {
+                name: machine.theta_gradient(probe, sleep, r) for name, r in variants.items()
             }
+            for name in ("learned", "oracle", "target"):
+                update = target if name == "target" else updates[name]
+                window[name] = {
+                    k: window.get(name, {}).get(k, 0) + v.double() for k, v in update.items()
+                }
+            if step % args.probe_every == 0:
+                cosines[step] = {
+                    name: round(compare_gradients(u, target)["cosine"], 4)
+                    for name, u in updates.items()
+                }
+                for name in ("learned", "oracle"):
+                    cosine = compare_gradients(window[name], window["target"])["cosine"]
+                    cosines[step][f"{name}_window"] = round(cosine, 4)
+                window = {}
         if step % args.every == 0 or step in cosines:
             print(model_key, mode, seed, step, gaps.get(step), cosines.get(step, ""), flush=True)
     return {"gap": gaps, "cosine": cosines}
@@ -128,6 +146,12 @@ def main():
     parser.add_argument("--seeds", type=int, default=1, help="model and minibatch seeds 0..N-1")
     parser.add_argument(
         "--first-seed", type=int, default=0, help="seeds K..K+N-1 (split a run across processes)"
+    )
+    parser.add_argument(
+        "--probe-window",
+        type=int,
+        default=10,
+        help="steps up to each probe whose updates are summed for the windowed cosine",
     )
     parser.add_argument("--points", type=int, default=2000, help="training points for cosines")
     parser.add_argument("--dreams", type=int, default=20_000, help="dreams for the probe's maps")
@@ -185,6 +209,16 @@ def main():
     result["learned_cosine_during_learning"] = {
         key: round(
             statistics.median(c["learned"] for probes in by_seed.values() for c in probes.values()),
+            4,
+        )
+        for key, by_seed in result["cosine"].items()
+        if by_seed
+    }
+    result["learned_window_cosine_during_learning"] = {
+        key: round(
+            statistics.median(
+                c["learned_window"] for probes in by_seed.values() for c in probes.values()
+            ),
             4,
         )
         for key, by_seed in result["cosine"].items()

@@ -411,3 +411,8 @@ def test_ridge_readout_with_ema_reads_the_averaged_trunk():
     got = rec(x)
     assert all(torch.allclose(g, e) for g, e in zip(got, expected))
     assert not all(torch.allclose(g, o) for g, o in zip(got, other))
+    # a checkpoint carries the averaged trunk (the heads stay shared after loading)
+    restored = DDCHelmholtzMachine(model, n_features=[20, 10], ema=0.9, generator=6)
+    restored.load_state_dict(ddc.state_dict())
+    assert restored.recognition.averaged[1] is restored.recognition.heads
+    assert all(torch.allclose(a, b) for a, b in zip(restored.recognition(x), got))

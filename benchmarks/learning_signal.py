@@ -106,8 +106,8 @@ def run(model_key: str, mode: str, seed: int | None, args) -> dict:
             updates = {
                 name: machine.theta_gradient(probe, sleep, r) for name, r in variants.items()
             }
-            for name in ("learned", "oracle", "target"):
-                update = target if name == "target" else updates[name]
+            summed = {"learned": updates["learned"], "oracle": updates["oracle"], "target": target}
+            for name, update in summed.items():
                 window[name] = {
                     k: window.get(name, {}).get(k, 0) + v.double() for k, v in update.items()
                 }
@@ -206,24 +206,18 @@ def main():
         }
         for key, r in result["gap"].items()
     }
-    result["learned_cosine_during_learning"] = {
-        key: round(
-            statistics.median(c["learned"] for probes in by_seed.values() for c in probes.values()),
-            4,
-        )
-        for key, by_seed in result["cosine"].items()
-        if by_seed
-    }
-    result["learned_window_cosine_during_learning"] = {
-        key: round(
-            statistics.median(
-                c["learned_window"] for probes in by_seed.values() for c in probes.values()
-            ),
-            4,
-        )
-        for key, by_seed in result["cosine"].items()
-        if by_seed
-    }
+    for name, probe in (
+        ("learned_cosine_during_learning", "learned"),
+        ("learned_window_cosine_during_learning", "learned_window"),
+    ):
+        result[name] = {
+            key: round(
+                statistics.median(c[probe] for probes in by_seed.values() for c in probes.values()),
+                4,
+            )
+            for key, by_seed in result["cosine"].items()
+            if by_seed
+        }
     result["machine"] = (
         f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )

@@ -11,10 +11,12 @@ points by importance sampling with ``--particles`` particles a point:
 - ``fitted``: through a bottom-up proposal fitted to the trained model by the sleep phase
   (``evaluate.fit_proposal``, theta fixed), the same procedure for every algorithm, so the
   comparison favours none;
-- ``own_q``: the baselines also through their own recognition model q.
+- ``own_q``: through each algorithm's own recognition model q; for DDC-HM, the mean-field
+  proposal read off its expected encodings (``DDCHelmholtzMachine.proposal``).
 
 The truth's own log-likelihood is estimated the same way (fitted proposal), as a reference.
 Usage: python benchmarks/continuous_compare.py [--budget 40] [--seeds 2] [--particles 5000]
+       [--truths sparse-coding] [--algorithms ddc] [--set wake_particles=5]
 The last line of output is JSON: {"test_loglik": {truth: {algorithm: [mean, s.e.]}}, ...}.
 """
 
@@ -26,6 +28,7 @@ import math
 import platform
 import statistics
 import time
+import tomllib
 
 import torch
 
@@ -57,7 +60,12 @@ def run_one(truth_name, name, seed, args):
         {
             "data": {"source": "synthetic", "name": truth_name, "n_test": args.points},
             "model": {"architecture": "truth", "init_scale": 0.1, "seed": seed},
-            "algorithm": {"name": name, "lr": 0.02, **ALGORITHMS[name]},
+            "algorithm": {
+                "name": name,
+                "lr": 0.02,
+                **ALGORITHMS[name],
+                **(args.overrides if name == "ddc" else {}),
+            },
         }
     )
     data = build_data(config["data"])
@@ -81,10 +89,8 @@ def run_one(truth_name, name, seed, args):
     x = data["test"].float()
     proposal = fit_proposal(model, n_steps=args.proposal_steps, sleep_samples=1000, generator=seed)
     out["fitted"], out["fitted_ess"] = loglik(model, x, proposal, args.particles, seed)
-    if name != "ddc":
-        out["own_q"], out["own_q_ess"] = loglik(
-            model, x, algorithm.recognition, args.particles, seed
-        )
+    own_q = algorithm.proposal() if name == "ddc" else algorithm.recognition
+    out["own_q"], out["own_q_ess"] = loglik(model, x, own_q, args.particles, seed)
     return out
 
 
@@ -96,7 +102,17 @@ def main():
     parser.add_argument("--points", type=int, default=500, help="held-out points")
     parser.add_argument("--proposal-steps", type=int, default=2000)
     parser.add_argument("--truths", default=",".join(TRUTHS))
+    parser.add_argument("--algorithms", default="", help="a subset of each truth's algorithms")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an [algorithm] key of the DDC-HM runs (TOML value)",
+    )
     args = parser.parse_args()
+    args.overrides = tomllib.loads("\n".join(args.set))
+    chosen = [name for name in args.algorithms.split(",") if name]
     torch.set_num_threads(1)
     result = {"test_loglik": {}, "runs": {}}
     for truth_name in args.truths.split(","):
@@ -107,6 +123,8 @@ def main():
         result["test_loglik"][truth_name] = {"truth": [round(truth_ll, 3), 0.0]}
         result["runs"][truth_name] = {}
         for name in PER_TRUTH[truth_name]:
+            if chosen and name not in chosen:
+                continue
             runs = [run_one(truth_name, name, seed, args) for seed in range(args.seeds)]
             result["runs"][truth_name][name] = runs
             print(truth_name, name, runs, flush=True)

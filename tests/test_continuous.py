@@ -308,3 +308,127 @@ def test_centred_products_round_trip_and_equal_the_residual_outer_product():
     assert torch.allclose(back, average, atol=1e-12)  # round trip is exact
     covariance = centre_products(average, average[:, :D], D, n_extra)[0, 2 * D : 2 * D + 6]
     assert torch.allclose(covariance, torch.cov(u.T, correction=0)[i, j], atol=1e-12)
+
+
+def _moment_encodings(ddc, model, n, generator):
+    """Expected encodings with valid moments: each point's mean of T over 50 ancestral draws."""
+    latents = model.sample(50 * n, generator=generator)[1:]
+    return [f.reshape(n, 50, -1).mean(1) for f in ddc.encode(latents)]
+
+
+def test_mean_field_proposal_reads_moments_and_its_densities_match_torch():
+    from ddchm.ddc.proposal import MeanFieldProposal
+
+    model = make_truth("mixed").model
+    ddc = DDCHelmholtzMachine(model, n_features=[10, 10], sleep_samples=100, generator=0)
+    r = _moment_encodings(ddc, model, 6, generator=1)
+    proposal = MeanFieldProposal(ddc.encodings, r, inflation=1.5)
+    # continuous layer 1: mean E[z], sd 1.5 sqrt(Var z), both from the exact block
+    encoding, (family, loc, sd) = ddc.encodings[0], proposal.layers[0]
+    dim = encoding.dim
+    mean_u = r[0][:, :dim]
+    diagonal = (encoding.pairs[0] == encoding.pairs[1]).nonzero().squeeze(1)
+    var_u = r[0][:, dim + diagonal] - mean_u**2
+    assert family == "gaussian"
+    assert torch.allclose(loc, encoding.unit_centre + encoding.unit_scale * mean_u)
+    assert torch.allclose(sd, 1.5 * encoding.unit_scale * var_u.sqrt())
+    assert torch.allclose(proposal.layers[1][1], r[1][:, :4].clamp(0.02, 0.98))
+    # densities: own particles against torch.distributions, pairs against own
+    m = 7
+    own = proposal.sample(m, torch.Generator().manual_seed(2))
+    expected = 0.0
+    for (family, loc, sd), z in zip(proposal.layers, own):
+        loc = loc.repeat_interleave(m, 0)
+        if family == "bernoulli":
+            dist = torch.distributions.Bernoulli(probs=loc)
+        else:
+            dist = torch.distributions.Normal(loc, sd.repeat_interleave(m, 0))
+        expected = expected + dist.log_prob(z).sum(1)
+    assert torch.allclose(proposal.log_prob(own, m).reshape(-1), expected, atol=1e-9)
+    pairs = proposal.pair_log_prob(own)  # (6, 6 m): point n's own particles on its diagonal block
+    own_block = pairs.reshape(6, 6, m)[torch.arange(6), torch.arange(6)]
+    assert torch.allclose(own_block.reshape(-1), expected, atol=1e-9)
+
+
+def test_wake_particles_reach_data_the_dreams_miss(monkeypatch):
+    """On laplace-chain's heavy-tailed data, the points farthest out are where prior dreams
+    rarely go. With the proposal's particles (here from the exact E[T|x], as a well-trained
+    recogniser would give) and the mixture weights, the targets match E[T|x] there; the dreams
+    alone do not. (The median over the points: a Gaussian proposal is lighter-tailed than this
+    posterior, and one point in ten can still rest on a couple of heavy particles.) On typical
+    points dreams and particles share the weight, and the mixture is exact there too."""
+    truth = make_truth("laplace-chain")
+    model = perturbed_model(truth.model, 0.5, seed=1)
+    x = truth.splits(2000, 0, 0, seed=7)["train"]
+    far = x[x.norm(dim=1).argsort(descending=True)[:10]]  # the 10 farthest out
+    reference = exact_reference(model)
+
+    def errors(points, particles, dreams=1000, seed=3):
+        ddc = DDCHelmholtzMachine(
+            model, n_features=[20, 10], wake_particles=particles, generator=seed
+        )
+        exact = [reference.expectation(points, e, layer=l) for l, e in enumerate(ddc.encodings, 1)]
+        monkeypatch.setattr(ddc, "expected_encodings", lambda data: exact)
+        targets, ess = ddc.wake_targets(points, ddc.dream(dreams))
+        out = []
+        for target, truth_r, encoding in zip(targets, exact, ddc.encodings):
+            block = slice(0, encoding.n_exact)
+            spread = truth_r[:, block].abs().clamp_min(1.0)
+            out.append(((target - truth_r)[:, block].abs() / spread).amax(1))
+        return float(torch.stack(out).amax(0).median()), float(ess.median())
+
+    dreams_only, dreams_ess = errors(far, 0)
+    with_particles, particles_ess = errors(far, 2000)
+    assert dreams_only > 0.5, dreams_only
+    assert with_particles < 0.03, with_particles
+    assert particles_ess > 20 * dreams_ess
+    typical, _ = errors(x[:10], 4000, dreams=4000)
+    assert typical < 0.03, typical
+
+
+def test_whitened_encodings_give_back_their_exact_block():
+    model = make_truth("mixed").model
+    ddc = DDCHelmholtzMachine(model, n_features=[10, 10], whiten=True, generator=0)
+    latents = model.sample(40, generator=1)[1:]
+    for encoding, z in zip(ddc.encodings, latents):
+        assert encoding.whitened
+        r = encoding(z).reshape(8, 5, -1).mean(1)  # averages of T, as expected encodings are
+        exact = encoding.exact_features(z).reshape(8, 5, -1).mean(1)
+        assert torch.allclose(encoding.expected_exact_features(r), exact, atol=1e-6, rtol=1e-6)
+
+
+def test_wake_particles_default_to_continuous_models_and_are_checked():
+    def particles(name, **kwargs):
+        model = make_truth(name).model
+        return DDCHelmholtzMachine(model, n_features=[10, 10], **kwargs).wake_particles
+
+    assert particles("sbn-hard") == 0
+    assert particles("sbn-gauss") == particles("laplace-chain") == 20
+    assert particles("sbn-gauss", wake_recognition=False, recognition="ridge") == 0
+    with pytest.raises(ValueError, match="wake_particles"):
+        particles("sbn-gauss", wake_particles=-1)
+    with pytest.raises(ValueError, match="input_scaling"):
+        particles("sbn-gauss", recognition="ridge", input_scaling=True)
+
+
+def test_recognition_proposal_estimates_log_px_where_its_moments_are_right(monkeypatch):
+    """Through the mean-field proposal of exact expected encodings, importance sampling
+    recovers laplace-chain's log p(x) (quadrature) within its standard error; through the
+    prior it needs far more particles than it gets."""
+    from ddchm.evaluate.likelihood import PriorProposal, importance_log_likelihood
+
+    truth = make_truth("laplace-chain")
+    model = perturbed_model(truth.model, 0.5, seed=1)
+    x = truth.splits(40, 0, 0, seed=7)["train"]
+    reference = exact_reference(model)
+    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], generator=0)
+    exact_r = [reference.expectation(x, e, layer=l) for l, e in enumerate(ddc.encodings, 1)]
+    monkeypatch.setattr(ddc, "expected_encodings", lambda data: exact_r)
+    truth_lp = reference.log_marginal(x).detach()
+    ours = importance_log_likelihood(model, x, ddc.proposal(), n_particles=2000, batch_size=40)
+    prior = importance_log_likelihood(model, x, PriorProposal(model), 2000, batch_size=40)
+    assert float((ours.log_px - truth_lp).abs().mean()) < 0.03
+    assert float(ours.ess.median()) > 100
+    assert float((prior.log_px - truth_lp).abs().mean()) > 5 * float(
+        (ours.log_px - truth_lp).abs().mean()
+    )

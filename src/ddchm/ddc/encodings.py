@@ -148,6 +148,17 @@ class LayerEncoding(nn.Module):
             penalty[-1] = float(exact_ridge)
         return penalty
 
+    def expected_exact_features(self, r: torch.Tensor) -> torch.Tensor:
+        """The exact block E[exact_features(z)] read off expected encodings r = E[T(z)], (N, E).
+        Unwhitened, it is r's first E columns; whitened, T = (features - centre) W, so the
+        features are recovered with W's pseudo-inverse (exact on the kept directions; the
+        dropped ones have no variance on the calibration samples)."""
+        if not self.whitened:
+            return r[:, : self.n_exact]
+        whitener = self.whitener.to(r.dtype)
+        features = r[:, :-1] @ torch.linalg.pinv(whitener) + self.centre.to(r.dtype)
+        return features[:, : self.n_exact]
+
     # --- calibration -------------------------------------------------------------------------
     @torch.no_grad()
     def calibrate(self, samples: torch.Tensor) -> LayerEncoding:

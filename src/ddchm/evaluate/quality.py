@@ -8,7 +8,8 @@
 importance_log_likelihood`) through a proposal fitted to the trained model by sleep-phase
   training (:func:`~ddchm.evaluate.likelihood.fit_proposal`). Every model is measured through a
   proposal made the same way, so the comparison favours no algorithm.
-* ``is_ll_own``: the same through the algorithm's own q (baselines only; DDC-HM has no density).
+* ``is_ll_own``: the same through the algorithm's own q (for DDC-HM, a mean-field proposal read
+  off its expected encodings: :func:`own_proposal`).
   Both are stochastic lower bounds of log p(x) in expectation: the higher, the tighter.
   Each comes with ``_se`` (standard error over the held-out points), ``_mc_se`` (Monte Carlo
   standard error of the estimator) and ``_ess`` (mean effective sample size out of K).
@@ -46,8 +47,11 @@ def is_enumerable(model: HierarchicalModel) -> bool:
 
 
 def own_proposal(algorithm):
-    """The algorithm's own density q(z | x) if it has one (the baselines), else None (DDC-HM,
-    whose recogniser outputs expected encodings, not a density)."""
+    """The algorithm's own density q(z | x): the baselines' recognition model; for DDC-HM, whose
+    recogniser outputs expected encodings rather than a density, the mean-field proposal read
+    off them (``DDCHelmholtzMachine.proposal``). None if there is neither."""
+    if callable(getattr(algorithm, "proposal", None)):
+        return algorithm.proposal()
     recognition = getattr(algorithm, "recognition", None)
     return recognition if callable(getattr(recognition, "sample_with_log_prob", None)) else None
 

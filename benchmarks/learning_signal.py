@@ -97,7 +97,11 @@ def run(model_key: str, mode: str, seed: int | None, args) -> dict:
             exact = exact_reference(model)
             with torch.no_grad():
                 oracle = [r.to(dtype) for r in oracle_encodings(exact, machine.encodings, probe)]
-                learned = machine.expected_encodings(probe)
+                # the r of the machine's own wake phase (with importance_encodings, blended
+                # with importance-sampled targets on a training-size set of dreams drawn by a
+                # generator of the probe's own, so the run is not changed)
+                probe_draws = torch.Generator().manual_seed(10**6 + step)
+                learned = machine.wake_phase_encodings(probe, generator=probe_draws)
             target = exact.expected_gradient(probe)
             variants = {"learned": learned, "oracle": oracle}
             if step % args.probe_every == 0:

@@ -432,3 +432,28 @@ def test_recognition_proposal_estimates_log_px_where_its_moments_are_right(monke
     assert float((prior.log_px - truth_lp).abs().mean()) > 5 * float(
         (ours.log_px - truth_lp).abs().mean()
     )
+
+
+def test_importance_encodings_replace_r_where_the_targets_rest_on_enough_particles():
+    truth = make_truth("sbn-gauss")
+    ddc = DDCHelmholtzMachine(truth.model, n_features=[20, 10], sleep_samples=500, generator=0)
+    assert ddc.importance_encodings  # the default on a model with a continuous layer
+    x = truth.splits(30, 0, 0, seed=2)["train"]
+    sleep = ddc.dream()
+    draws = torch.Generator().manual_seed(5)
+    blended = ddc.wake_phase_encodings(x, sleep, generator=draws)
+    targets, ess = ddc.wake_targets(x, sleep, generator=torch.Generator().manual_seed(5))
+    r = ddc.expected_encodings(x)
+    alpha = (ess / ddc.wake_min_ess).clamp(max=1.0).unsqueeze(1)
+    assert (alpha == 1).any() and (alpha < 1).any()
+    for got, t, rl in zip(blended, targets, r):
+        assert torch.allclose(got, alpha * t + (1 - alpha) * rl)
+    # the machine's own step takes the same path; without the option r is the recogniser's
+    ddc.step(x)
+    plain = DDCHelmholtzMachine(truth.model, n_features=[20, 10], importance_encodings=False)
+    assert not plain.importance_encodings
+    got = plain.wake_phase_encodings(x)
+    assert all(torch.equal(a, b) for a, b in zip(got, plain.expected_encodings(x)))
+    assert not DDCHelmholtzMachine(make_truth("sbn-hard").model).importance_encodings
+    with pytest.raises(ValueError, match="importance_encodings"):
+        DDCHelmholtzMachine(truth.model, importance_encodings=True, wake_recognition=False)

@@ -104,6 +104,19 @@ class DDCHelmholtzMachine(Algorithm):
             Cost: 18-22% of a step (M = 5: 10-12%; Laplace 0.997). On the binary truths it
             lifted sbn-easy at a fixed theta from 0.998 to 0.999 but did not help learning
             (sbn-hard, 3 seeds: 0.0208 against 0.0198 nats), so there it is off.
+        importance_encodings: the wake phase uses, for each data point, the importance-
+            sampled estimate of E[T_l | x_n] that :meth:`wake_targets` computes for the
+            recogniser anyway (the step's dreams and ``wake_particles``, weighted with the
+            current theta) where it rests on at least ``wake_min_ess`` effective particles,
+            and the recogniser's r_l(x_n) in proportion below that (:meth:`wake_phase_encodings`;
+            None: where any layer is continuous, as ``wake_particles``). The recogniser is
+            trained on the dreams of past thetas and lags a moving model; the importance
+            estimate has no lag, only Monte Carlo error, and the gradient is still the DDC's
+            (section-7 maps on T). With it off the machine is the paper's amortised one.
+            Learning from random initialisation (3,000 steps, docs/RESULTS.md, lab log
+            2026-11-26, morning): linear-gaussian seed 0 0.119 -> 0.066 nats (the exact
+            learner: 0.028), sbn-gauss seed 1 0.464 -> 0.215 (exact 0.371); sbn-hard seed 0
+            0.0193 either way, so binary chains keep the recogniser by default.
         sleep_targets: what the recogniser regresses on a dream x^s. 'samples' (default): the
             dream's own encodings T_l(z_l^s), as in eq 7; 'snis': their self-normalised
             importance-sampling average over all the step's dreams, sum_j w_sj T_l(z_l^j) with
@@ -180,6 +193,7 @@ class DDCHelmholtzMachine(Algorithm):
         wake_weight: float = 3.0,
         wake_min_ess: float = 10.0,
         wake_particles: int | None = None,
+        importance_encodings: bool | None = None,
         readout_forget: float = 0.9,
         readout_ridge: float = 1e-4,
         readout_wake_rows: bool = True,
@@ -265,10 +279,16 @@ class DDCHelmholtzMachine(Algorithm):
             raise ValueError("wake_recognition: needs recognition = 'network'")
         self.wake_recognition, self.wake_weight = bool(wake_recognition), float(wake_weight)
         self.wake_min_ess = float(wake_min_ess)
+        continuous = any(not layer.discrete for layer in model.layers)
         if wake_particles is None:  # where the data leave the dreams behind: real values
-            continuous = any(not layer.discrete for layer in model.layers)
             wake_particles = 20 if continuous and self.wake_recognition else 0
         self.wake_particles = check_positive_int(wake_particles, "wake_particles", minimum=0)
+        if importance_encodings is None:  # the same rule: where the recogniser lags real data
+            importance_encodings = continuous and self.wake_recognition
+        if importance_encodings and not self.wake_recognition:
+            raise ValueError("importance_encodings: needs wake_recognition (its targets)")
+        self.importance_encodings = bool(importance_encodings)
+        self._wake_estimates = None  # this step's wake targets and ESS, for the wake phase
         if sleep_targets not in ("samples", "snis"):
             raise ValueError(f"sleep_targets: expected 'samples' or 'snis', got {sleep_targets!r}")
         self.sleep_target_kind = sleep_targets
@@ -305,7 +325,28 @@ class DDCHelmholtzMachine(Algorithm):
         return self.recognition(x)
 
     @torch.no_grad()
-    def wake_targets(self, x: torch.Tensor, sleep: list[torch.Tensor], features=None):
+    def wake_phase_encodings(self, x: torch.Tensor, sleep=None, generator=None):
+        """The expected encodings the wake phase uses for data x: the recogniser's r(x), or with
+        ``importance_encodings`` its blend with the importance-sampled :meth:`wake_targets` on
+        the dreams ``sleep`` (default: fresh ones; ``generator`` for them and the proposal's
+        draws, default the machine's)."""
+        r = self.expected_encodings(x)
+        if not self.importance_encodings:
+            return r
+        if sleep is None:
+            sleep = self.model.sample(self.sleep_samples, generator=generator or self.generator)
+        return self._blend(r, *self.wake_targets(x, sleep, generator=generator))
+
+    def _blend(self, r, targets, ess):
+        """Importance-sampled targets where they rest on at least ``wake_min_ess`` effective
+        particles, the recogniser's r in proportion below that."""
+        alpha = (ess / self.wake_min_ess).clamp(max=1.0).unsqueeze(1).to(r[0].dtype)
+        return [alpha * t.to(r[0].dtype) + (1 - alpha) * rl for t, rl in zip(targets, r)]
+
+    @torch.no_grad()
+    def wake_targets(
+        self, x: torch.Tensor, sleep: list[torch.Tensor], features=None, generator=None
+    ):
         """Self-normalised importance-sampling estimates of E[T_l(z_l) | x_n] for data x. The
         particles are the dreams (prior samples, w_ns ~ p(x_n | z_1^s)) and, with
         ``wake_particles`` M > 0, M draws per point from the recogniser's own proposal
@@ -313,12 +354,13 @@ class DDCHelmholtzMachine(Algorithm):
         (the balance heuristic: w ~ p(x_n, z) / (a p(z) + (1 - a) q(z | x_n)), a = S / (S + M)).
         Exact as the particles grow; with few effective ones biased towards the proposals, but
         it tells the recogniser where the data are, which dreams of a model far from the data
-        never do. Returns (targets per layer, ESS per data point)."""
+        never do. ``generator``: for the proposal's draws (default: the machine's). Returns
+        (targets per layer, ESS per data point)."""
         features = self.encode(sleep[1:]) if features is None else features
         log_w = pair_log_prob(self.model.observation, x, sleep[1])  # (N, S)
         own = None
         if self.wake_particles:
-            own, own_log_w = self._proposal_particles(x, sleep, log_w)
+            own, own_log_w = self._proposal_particles(x, sleep, log_w, generator or self.generator)
             log_w = torch.cat([log_w, own_log_w], 1)
         # softmax over the particles, with every weight below e^-75 of the largest set to 0:
         # such weights change no target beyond rounding, but as float32 they are subnormal
@@ -336,13 +378,13 @@ class DDCHelmholtzMachine(Algorithm):
                 target += (w_own @ f.reshape(x.shape[0], m, -1)).squeeze(1)
         return targets, ess
 
-    def _proposal_particles(self, x, sleep, dream_log_lik):
+    def _proposal_particles(self, x, sleep, dream_log_lik, generator):
         """M particles per point from the recogniser's proposal, and the mixture weights of
         every particle. Turns ``dream_log_lik`` (log p(x_n | z_1^s)) into the dreams'
         mixture log-weights in place; returns (particles, their (N, M) log-weights)."""
         m, n_dreams = self.wake_particles, sleep[1].shape[0]
         proposal = MeanFieldProposal(self.encodings, self.expected_encodings(x))
-        own = proposal.sample(m, self.generator)
+        own = proposal.sample(m, generator)
         log_a, log_b = math.log(n_dreams / (n_dreams + m)), math.log(m / (n_dreams + m))
         dream_prior = self._latent_log_prior(sleep[1:])  # (S,)
         mixture = torch.logaddexp(log_a + dream_prior, log_b + proposal.pair_log_prob(sleep[1:]))
@@ -394,6 +436,8 @@ class DDCHelmholtzMachine(Algorithm):
             wake = {}
             if self.wake_recognition and data is not None:
                 wake_targets, ess = self.wake_targets(data, dreams, targets)
+                if step == 0:
+                    self._wake_estimates = (wake_targets, ess)
                 self.last_wake_ess = float(ess.median())
                 # a target from fewer than wake_min_ess effective dreams is mostly the prior's
                 # guess: its weight falls in proportion
@@ -437,8 +481,12 @@ class DDCHelmholtzMachine(Algorithm):
             self.recalibrate(sleep)
         # the dreams are encoded once: the recogniser's targets and the gradient maps' features
         features = self.encode(sleep[1:])
+        self._wake_estimates = None
         recognition_loss = self.train_recognition(sleep, batch, features)
-        ascent = self._theta_gradient(batch, sleep, features=features)
+        r = None
+        if self.importance_encodings and self._wake_estimates is not None:
+            r = self._blend(self.expected_encodings(batch), *self._wake_estimates)
+        ascent = self._theta_gradient(batch, sleep, r, features=features)
         grad_norm = apply_ascent(self.optimizer, self.params, ascent, self.param_names)
         self.steps += 1
         metrics = {"recognition_loss": recognition_loss, "grad_norm": grad_norm}

@@ -403,7 +403,7 @@ def test_wake_particles_default_to_continuous_models_and_are_checked():
         return DDCHelmholtzMachine(model, n_features=[10, 10], **kwargs).wake_particles
 
     assert particles("sbn-hard") == 0
-    assert particles("sbn-gauss") == particles("laplace-chain") == 20
+    assert particles("sbn-gauss") == particles("laplace-chain") == 100
     assert particles("sbn-gauss", wake_recognition=False, recognition="ridge") == 0
     with pytest.raises(ValueError, match="wake_particles"):
         particles("sbn-gauss", wake_particles=-1)

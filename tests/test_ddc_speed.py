@@ -98,8 +98,12 @@ def test_gaussian_chain_step_matches_the_two_encoding_path():
     torch.manual_seed(0)
     model = HierarchicalModel([Gaussian(2), Gaussian(3, 2, init_scale=1.0)])
     x = model.sample(40, generator=1)[0]
+    # the wake phase from the recogniser, as old_step's (importance encodings have a test of
+    # their own in test_continuous.py)
     machines = [
-        DDCHelmholtzMachine(m, n_features=20, sleep_samples=200, generator=3)
+        DDCHelmholtzMachine(
+            m, n_features=20, sleep_samples=200, importance_encodings=False, generator=3
+        )
         for m in (model, copy.deepcopy(model))
     ]
     for step in range(3):

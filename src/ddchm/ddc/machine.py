@@ -4,6 +4,8 @@
             recognition: minimise sum_s sum_l ||T_l(z_l^s) - r_l(x^s)||^2            (eq 7)
             gradient maps: ridge regressions of eqs 9-11 on T_l(z_l^s)              (section 3b)
     wake:   r_l(x) for the data batch, no sampling                                  (eq 2)
+            (models with a continuous layer: importance-sampled E[T_l | x] where it rests on
+            enough particles, see ``importance_encodings``; binary chains: as the paper)
             grad_theta F ~= weighted autograd of the sleep samples' log-probabilities (section 7)
             one ascent step of any torch optimiser on theta                          (section 4)
 
@@ -94,16 +96,20 @@ class DDCHelmholtzMachine(Algorithm):
         wake_particles: M, the draws per data point from the recogniser's own proposal
             (:class:`~ddchm.ddc.proposal.MeanFieldProposal`, read off r(x)) that join the dreams
             as particles of the wake targets, weighted against the mixture of the two (0: the
-            dreams alone; None: 20 where any layer is continuous, else 0). Prior dreams of a
+            dreams alone; None: 100 where any layer is continuous, else 0). Prior dreams of a
             model far from the data rarely reach the data's tails, so the targets there rest on
             one or two dreams and the recogniser extrapolates: on laplace-chain at a fixed
             theta the data reach |x| = 17 while 99% of the dreams stay within 3, and the
             learned update's cosine was 0.51; with M = 20 it is 0.9997 (the error of r_1's
             exact block fell from 0.58 to 0.05 of its norm), and sbn-gauss / linear-gaussian
             rose from 0.983 / 0.993 to 0.997 / 0.9999 (``benchmarks/gradient_accuracy.py``).
-            Cost: 18-22% of a step (M = 5: 10-12%; Laplace 0.997). On the binary truths it
-            lifted sbn-easy at a fixed theta from 0.998 to 0.999 but did not help learning
-            (sbn-hard, 3 seeds: 0.0208 against 0.0198 nats), so there it is off.
+            With ``importance_encodings`` the targets are also the wake phase's r, and their
+            Monte Carlo error then shows in learning: linear-gaussian, seeds 0 / 1, 0.066 /
+            0.059 nats with M = 20 and 0.023 / 0.020 with M = 100 (the exact learner: 0.028 /
+            0.027). Cost of a step on the continuous truths: +13-15% at M = 20, +43-64% at
+            M = 100. On the binary truths it lifted sbn-easy at a fixed theta from 0.998 to
+            0.999 but did not help learning (sbn-hard, 3 seeds, M = 20: 0.0208 against 0.0198
+            nats), so there it is off.
         importance_encodings: the wake phase uses, for each data point, the importance-
             sampled estimate of E[T_l | x_n] that :meth:`wake_targets` computes for the
             recogniser anyway (the step's dreams and ``wake_particles``, weighted with the
@@ -113,10 +119,12 @@ class DDCHelmholtzMachine(Algorithm):
             trained on the dreams of past thetas and lags a moving model; the importance
             estimate has no lag, only Monte Carlo error, and the gradient is still the DDC's
             (section-7 maps on T). With it off the machine is the paper's amortised one.
-            Learning from random initialisation (3,000 steps, docs/RESULTS.md, lab log
+            Learning from random initialisation (3,000 steps, M = 20, docs/RESULTS.md, lab log
             2026-11-26, morning): linear-gaussian seed 0 0.119 -> 0.066 nats (the exact
-            learner: 0.028), sbn-gauss seed 1 0.464 -> 0.215 (exact 0.371); sbn-hard seed 0
-            0.0193 either way, so binary chains keep the recogniser by default.
+            learner: 0.028), sbn-gauss seed 1 0.464 -> 0.215 (exact 0.371). On sbn-hard (seed
+            0, dreams only: no particles there) the importance r is noisier per step than the
+            recogniser's (median cosine 0.72 against 0.78) and learning is the same (0.0193),
+            so binary chains keep the recogniser by default.
         sleep_targets: what the recogniser regresses on a dream x^s. 'samples' (default): the
             dream's own encodings T_l(z_l^s), as in eq 7; 'snis': their self-normalised
             importance-sampling average over all the step's dreams, sum_j w_sj T_l(z_l^j) with
@@ -281,7 +289,7 @@ class DDCHelmholtzMachine(Algorithm):
         self.wake_min_ess = float(wake_min_ess)
         continuous = any(not layer.discrete for layer in model.layers)
         if wake_particles is None:  # where the data leave the dreams behind: real values
-            wake_particles = 20 if continuous and self.wake_recognition else 0
+            wake_particles = 100 if continuous and self.wake_recognition else 0
         self.wake_particles = check_positive_int(wake_particles, "wake_particles", minimum=0)
         if importance_encodings is None:  # the same rule: where the recogniser lags real data
             importance_encodings = continuous and self.wake_recognition

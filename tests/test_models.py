@@ -258,3 +258,10 @@ def test_gaussian_chain_log_marginal_matches_quadrature():
     assert torch.allclose(gaussian_chain_log_marginal(model, x), log_px, atol=1e-8)
     with pytest.raises(ValueError, match="needs every layer Gaussian, but layer 1 is Bernoulli"):
         gaussian_chain_log_marginal(small_chain("gaussian"), x[:, :1].expand(5, 4))
+
+
+def test_log_prior_is_the_joint_without_the_observation_layer():
+    model = make_truth("mixed").model
+    x, *latents = model.sample(50, generator=2)
+    expected = model.log_joint(x, latents) - model.observation.log_prob(x, latents[0])
+    assert torch.allclose(model.log_prior(latents), expected, atol=1e-10, rtol=0)

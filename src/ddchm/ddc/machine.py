@@ -394,21 +394,13 @@ class DDCHelmholtzMachine(Algorithm):
         proposal = MeanFieldProposal(self.encodings, self.expected_encodings(x))
         own = proposal.sample(m, generator)
         log_a, log_b = math.log(n_dreams / (n_dreams + m)), math.log(m / (n_dreams + m))
-        dream_prior = self._latent_log_prior(sleep[1:])  # (S,)
+        dream_prior = self.model.log_prior(sleep[1:])  # (S,)
         mixture = torch.logaddexp(log_a + dream_prior, log_b + proposal.pair_log_prob(sleep[1:]))
         dream_log_lik.add_(dream_prior - mixture)
-        own_prior = self._latent_log_prior(own).reshape(x.shape[0], m)
+        own_prior = self.model.log_prior(own).reshape(x.shape[0], m)
         own_lik = self.model.observation.log_prob(x.repeat_interleave(m, 0), own[0])
         mixture = torch.logaddexp(log_a + own_prior, log_b + proposal.log_prob(own, m))
         return own, own_lik.reshape(x.shape[0], m) + own_prior - mixture
-
-    def _latent_log_prior(self, latents: list[torch.Tensor]) -> torch.Tensor:
-        """log p(z_1, ..., z_L) of each row, (N,)."""
-        layers = self.model.layers
-        total = layers[-1].log_prob(latents[-1])
-        for l in range(1, len(layers) - 1):
-            total = total + layers[l].log_prob(latents[l - 1], latents[l])
-        return total
 
     @torch.no_grad()
     def sleep_targets(self, sleep: list[torch.Tensor], features=None, chunk: int = 1024):

@@ -141,6 +141,14 @@ class HierarchicalModel(nn.Module):
             out.append(layer.log_prob(values[l], parent))
         return out
 
+    def log_prior(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        """log p(z_1, ..., z_L) of each row, (N,): the joint without the observation layer.
+        No input checks."""
+        total = self.prior.log_prob(latents[-1])
+        for l in range(1, len(self.layers) - 1):
+            total = total + self.layers[l].log_prob(latents[l - 1], latents[l])
+        return total
+
     def gradients(self, objective: torch.Tensor) -> dict[str, torch.Tensor]:
         """d objective / d theta for every parameter, keyed like ``named_parameters()``
         (zeros for parameters the objective does not use)."""

@@ -4,7 +4,9 @@ At a model that is not the truth (the truth with N(0, 0.5^2) added to every para
 data points from the truth, compare with the exact gradient of mean log p(x) over all parameters:
 
 - DDC wake gradient with oracle encodings r = exact E[T|x] (the representation's own error);
-- DDC wake gradient with the learned recogniser, trained with theta fixed for a stated budget;
+- DDC wake gradient with the learned recogniser, trained with theta fixed for a stated budget
+  (``learned``: its r; ``learned_wake_phase``: the r a training step uses, with
+  ``importance_encodings`` blended with importance-sampled targets);
 - every baseline's expected theta-update, its own recognition trained with theta fixed
   (``--algorithms``; averaged over many draws).
 
@@ -76,6 +78,11 @@ def ddc_cosines(truth_name, args):
         r = [None] + ddc.expected_encodings(x.float())
         estimate = wake_gradient(model32, dreams, solvers, r, x.float())
         out[label] = {**compare_gradients(estimate, target), "fit_seconds": round(seconds, 1)}
+        if label == "learned":  # the r a training step takes (importance_encodings: blended)
+            draws = torch.Generator().manual_seed(11)
+            r = [None] + ddc.wake_phase_encodings(x.float(), generator=draws)
+            estimate = wake_gradient(model32, dreams, solvers, r, x.float())
+            out["learned_wake_phase"] = compare_gradients(estimate, target)
     return out, model, exact, x, target
 
 
@@ -129,6 +136,7 @@ def main():
         "learned_cosine": {},
         "learned_rel_error": {},
         "learned_whitened_cosine": {},
+        "learned_wake_phase_cosine": {},
         "update_cosine": {},
     }
     names = [n for n in args.algorithms.split(",") if n]
@@ -149,6 +157,7 @@ def main():
         result["learned_cosine"][key] = round(ddc["learned"]["cosine"], 4)
         result["learned_rel_error"][key] = round(ddc["learned"]["rel_error"], 4)
         result["learned_whitened_cosine"][key] = round(ddc["learned_whitened"]["cosine"], 4)
+        result["learned_wake_phase_cosine"][key] = round(ddc["learned_wake_phase"]["cosine"], 4)
         update = {"ddc": round(ddc["learned"]["cosine"], 4)}
         for name, values in baseline_cosines(model.float(), x.float(), target, names, args).items():
             update[name] = round(values["cosine"], 4)

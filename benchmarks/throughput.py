@@ -156,6 +156,8 @@ def ddc_phases(ddc: DDCHelmholtzMachine, batch: torch.Tensor, clock: dict) -> No
     solvers = [None, *ddc.map_solvers(features)]
     tic = lap("ridge_solves", tic)
     r = ddc.expected_encodings(batch)
+    if ddc.importance_encodings:
+        r = ddc._blend(r, targets, ess)
     ascent = wake_gradient(ddc.model, sleep, solvers, [None, *r], batch)
     tic = lap("wake_objective_and_autograd", tic)
     apply_ascent(ddc.optimizer, ddc.params, ascent, ddc.param_names)

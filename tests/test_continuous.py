@@ -454,6 +454,9 @@ def test_importance_encodings_replace_r_where_the_targets_rest_on_enough_particl
     assert not plain.importance_encodings
     got = plain.wake_phase_encodings(x)
     assert all(torch.equal(a, b) for a, b in zip(got, plain.expected_encodings(x)))
-    assert not DDCHelmholtzMachine(make_truth("sbn-hard").model).importance_encodings
+    # on by default on small binary chains too (tests/test_wake_targets.py), off on the ridge
+    assert DDCHelmholtzMachine(make_truth("sbn-hard").model).importance_encodings
+    ridge = DDCHelmholtzMachine(make_truth("sbn-hard").model, recognition="ridge")
+    assert not ridge.importance_encodings
     with pytest.raises(ValueError, match="importance_encodings"):
         DDCHelmholtzMachine(truth.model, importance_encodings=True, wake_recognition=False)

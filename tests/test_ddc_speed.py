@@ -37,8 +37,10 @@ def old_step(ddc, batch):
 def test_step_with_shared_encodings_matches_the_two_encoding_path():
     model = sbn()
     x = model.sample(50, generator=3)[0]
-    machines = [
-        DDCHelmholtzMachine(m, n_features=[30, 10], sleep_samples=300, generator=5)
+    machines = [  # the recogniser's r in the wake phase, as old_step uses
+        DDCHelmholtzMachine(
+            m, n_features=[30, 10], sleep_samples=300, importance_encodings=False, generator=5
+        )
         for m in (model, copy.deepcopy(model))
     ]
     for step in range(4):  # steps after the first also check the encodings' drift
@@ -67,7 +69,7 @@ def test_theta_gradient_with_given_features_equals_its_own_encoding():
 def test_wake_targets_without_subnormal_weights_match_the_exact_weighted_sum():
     # a wide observation layer makes the importance weights span hundreds of orders of
     # magnitude, as on MNIST: the flushed weights must not move the targets
-    model = sbn(dims=(5, 20, 300), seed=2)
+    model = sbn(dims=(5, 60, 300), seed=2)  # 65 latent units: plain draws, not collapsed
     with torch.no_grad():
         model.layers[0].weight.mul_(3.0)
     ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=500, generator=1)

@@ -4,8 +4,9 @@
             recognition: minimise sum_s sum_l ||T_l(z_l^s) - r_l(x^s)||^2            (eq 7)
             gradient maps: ridge regressions of eqs 9-11 on T_l(z_l^s)              (section 3b)
     wake:   r_l(x) for the data batch, no sampling                                  (eq 2)
-            (models with a continuous layer: importance-sampled E[T_l | x] where it rests on
-            enough particles, see ``importance_encodings``; binary chains: as the paper)
+            (models with a continuous layer and small binary chains: importance-sampled
+            E[T_l | x] where it rests on enough particles, see ``importance_encodings``;
+            wide binary chains: as the paper)
             grad_theta F ~= weighted autograd of the sleep samples' log-probabilities (section 7)
             one ascent step of any torch optimiser on theta                          (section 4)
 
@@ -23,7 +24,15 @@ import torch
 
 from ddchm.algorithms.base import Algorithm, OptimizerSpec, apply_ascent, make_optimizer
 from ddchm.ddc.encodings import make_encodings
-from ddchm.ddc.proposal import MeanFieldProposal, RecognitionProposal
+from ddchm.ddc.proposal import (
+    MeanFieldProposal,
+    PriorParticles,
+    RecognitionProposal,
+    decode_states,
+    expected_distinct,
+    log_inclusion_probability,
+    state_codes,
+)
 from ddchm.ddc.recognition import NetworkRecognition, RidgeRecognition
 from ddchm.ddc.wake import RidgeSolver, heldout_r2, wake_gradient
 from ddchm.models import HierarchicalModel
@@ -110,21 +119,29 @@ class DDCHelmholtzMachine(Algorithm):
             M = 100. On the binary truths it lifted sbn-easy at a fixed theta from 0.998 to
             0.999 but did not help learning (sbn-hard, 3 seeds, M = 20: 0.0208 against 0.0198
             nats), so there it is off.
+        wake_dreams: prior draws behind the wake targets, the step's N_sleep dreams and more
+            drawn for the targets only (None: 10 N_sleep on a small binary chain, else N_sleep;
+            :meth:`prior_particles`). On a small binary chain the draws collapse to their
+            distinct states, weighted by p(z) / pi(z) (Horvitz-Thompson), so the extra draws
+            cost little: their sampling and a few more columns, capped by the distinct states
+            they are expected to reach.
         importance_encodings: the wake phase uses, for each data point, the importance-
             sampled estimate of E[T_l | x_n] that :meth:`wake_targets` computes for the
-            recogniser anyway (the step's dreams and ``wake_particles``, weighted with the
+            recogniser anyway (the prior's particles and ``wake_particles``, weighted with the
             current theta) where it rests on at least ``wake_min_ess`` effective particles,
             and the recogniser's r_l(x_n) in proportion below that (:meth:`wake_phase_encodings`;
-            None: where any layer is continuous, as ``wake_particles``). The recogniser is
-            trained on the dreams of past thetas and lags a moving model; the importance
-            estimate has no lag, only Monte Carlo error, and the gradient is still the DDC's
-            (section-7 maps on T). With it off the machine is the paper's amortised one.
-            Learning from random initialisation (3,000 steps, M = 20, docs/RESULTS.md, lab log
+            None: where any layer is continuous or the chain is a small binary one, i.e.
+            where the particles reach the data; wide binary chains such as MNIST models keep
+            the paper's amortised wake phase). The recogniser is trained on the dreams of past
+            thetas and lags a moving model; the importance estimate has no lag, only Monte
+            Carlo error, and the gradient is still the DDC's (section-7 maps on T). Learning
+            from random initialisation (3,000 steps, M = 20, docs/RESULTS.md, lab log
             2026-11-26, morning): linear-gaussian seed 0 0.119 -> 0.066 nats (the exact
-            learner: 0.028), sbn-gauss seed 1 0.464 -> 0.215 (exact 0.371). On sbn-hard (seed
-            0, dreams only: no particles there) the importance r is noisier per step than the
-            recogniser's (median cosine 0.72 against 0.78) and learning is the same (0.0193),
-            so binary chains keep the recogniser by default.
+            learner: 0.028), sbn-gauss seed 1 0.464 -> 0.215 (exact 0.371). On sbn-hard the
+            estimate from the step's 2,000 dreams alone was noisier per step than the
+            recogniser's r (median cosine to the exact gradient 0.67-0.72 against 0.78); with
+            20,000 collapsed draws it is 0.97 (3 seeds, 4,000 steps; lab log 2026-11-26,
+            afternoon), learning within 0.001 nats of the exact learner.
         sleep_targets: what the recogniser regresses on a dream x^s. 'samples' (default): the
             dream's own encodings T_l(z_l^s), as in eq 7; 'snis': their self-normalised
             importance-sampling average over all the step's dreams, sum_j w_sj T_l(z_l^j) with
@@ -201,6 +218,7 @@ class DDCHelmholtzMachine(Algorithm):
         wake_weight: float = 3.0,
         wake_min_ess: float = 10.0,
         wake_particles: int | None = None,
+        wake_dreams: int | None = None,
         importance_encodings: bool | None = None,
         readout_forget: float = 0.9,
         readout_ridge: float = 1e-4,
@@ -291,8 +309,20 @@ class DDCHelmholtzMachine(Algorithm):
         if wake_particles is None:  # where the data leave the dreams behind: real values
             wake_particles = 100 if continuous and self.wake_recognition else 0
         self.wake_particles = check_positive_int(wake_particles, "wake_particles", minimum=0)
-        if importance_encodings is None:  # the same rule: where the recogniser lags real data
-            importance_encodings = continuous and self.wake_recognition
+        # a small binary chain: its draws collapse to distinct states (prior_particles)
+        units = sum(layer.dim for layer in model.layers[1:])
+        binary = all(layer.discrete for layer in model.layers[1:]) and units <= 62
+        self._state_bits = units if binary and not self.wake_particles else None
+        if wake_dreams is None:
+            wake_dreams = 10 * self.sleep_samples if self._state_bits else self.sleep_samples
+        self.wake_dreams = check_positive_int(wake_dreams, "wake_dreams")
+        if self.wake_dreams < self.sleep_samples:
+            raise ValueError(
+                f"wake_dreams: expected at least sleep_samples ({self.sleep_samples}), "
+                f"got {wake_dreams}"
+            )
+        if importance_encodings is None:  # where the particles reach the data
+            importance_encodings = (continuous or binary) and self.wake_recognition
         if importance_encodings and not self.wake_recognition:
             raise ValueError("importance_encodings: needs wake_recognition (its targets)")
         self.importance_encodings = bool(importance_encodings)
@@ -333,17 +363,24 @@ class DDCHelmholtzMachine(Algorithm):
         return self.recognition(x)
 
     @torch.no_grad()
-    def wake_phase_encodings(self, x: torch.Tensor, sleep=None, generator=None):
+    def wake_phase_encodings(self, x: torch.Tensor, sleep=None, generator=None, chunk=256):
         """The expected encodings the wake phase uses for data x: the recogniser's r(x), or with
         ``importance_encodings`` its blend with the importance-sampled :meth:`wake_targets` on
-        the dreams ``sleep`` (default: fresh ones; ``generator`` for them and the proposal's
-        draws, default the machine's)."""
+        the dreams ``sleep`` (default: fresh ones; ``generator`` for them, the extra wake dreams
+        and the proposal's draws, default the machine's), ``chunk`` data points at a time."""
         r = self.expected_encodings(x)
         if not self.importance_encodings:
             return r
+        generator = generator or self.generator
         if sleep is None:
-            sleep = self.model.sample(self.sleep_samples, generator=generator or self.generator)
-        return self._blend(r, *self.wake_targets(x, sleep, generator=generator))
+            sleep = self.model.sample(self.sleep_samples, generator=generator)
+        particles = self.prior_particles(sleep, generator=generator)
+        blended = []
+        for start in range(0, x.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            targets = self._weighted_targets(x[rows], particles, generator)
+            blended.append(self._blend([rl[rows] for rl in r], *targets))
+        return [torch.cat(layer) for layer in zip(*blended)]
 
     def _blend(self, r, targets, ess):
         """Importance-sampled targets where they rest on at least ``wake_min_ess`` effective
@@ -356,19 +393,68 @@ class DDCHelmholtzMachine(Algorithm):
         self, x: torch.Tensor, sleep: list[torch.Tensor], features=None, generator=None
     ):
         """Self-normalised importance-sampling estimates of E[T_l(z_l) | x_n] for data x. The
-        particles are the dreams (prior samples, w_ns ~ p(x_n | z_1^s)) and, with
-        ``wake_particles`` M > 0, M draws per point from the recogniser's own proposal
-        q(z | x_n) (:class:`MeanFieldProposal`), all weighted against the mixture of the two
-        (the balance heuristic: w ~ p(x_n, z) / (a p(z) + (1 - a) q(z | x_n)), a = S / (S + M)).
-        Exact as the particles grow; with few effective ones biased towards the proposals, but
-        it tells the recogniser where the data are, which dreams of a model far from the data
-        never do. ``generator``: for the proposal's draws (default: the machine's). Returns
-        (targets per layer, ESS per data point)."""
-        features = self.encode(sleep[1:]) if features is None else features
-        log_w = pair_log_prob(self.model.observation, x, sleep[1])  # (N, S)
+        particles are the prior's (:meth:`prior_particles`: the dreams ``sleep``, up to
+        ``wake_dreams`` with more, collapsed to distinct states on small binary chains;
+        w_ns ~ p(x_n | z_1^s)) and, with ``wake_particles`` M > 0, M draws per point from the
+        recogniser's own proposal q(z | x_n) (:class:`MeanFieldProposal`), all weighted against
+        the mixture of the two (the balance heuristic: w ~ p(x_n, z) / (a p(z) + (1 - a)
+        q(z | x_n)), a = S / (S + M)). Exact as the particles grow; with few effective ones
+        biased towards the proposals, but it tells the recogniser where the data are, which
+        dreams of a model far from the data never do. ``features``: the dreams' encodings if
+        already computed; ``generator``: for the extra dreams and the proposal's draws (default:
+        the machine's). Returns (targets per layer, ESS per data point)."""
+        generator = generator or self.generator
+        particles = self.prior_particles(sleep, features, generator)
+        return self._weighted_targets(x, particles, generator)
+
+    @torch.no_grad()
+    def prior_particles(self, sleep, features=None, generator=None) -> PriorParticles:
+        """The prior's particles of the wake targets: the dreams ``sleep`` and, up to
+        ``wake_dreams`` in all, more drawn with ``generator`` (default: the machine's).
+
+        Where every latent layer is binary and the chain has at most 62 latent units, the draws
+        collapse to their distinct states z_u, each weighted by p(z_u) / pi_u with pi_u = 1 -
+        (1 - p(z_u))^S the chance that S draws include it (the Horvitz-Thompson estimator of a
+        sum over states). Each sum over states, hence each target's numerator and denominator,
+        stays unbiased; a state's draw count, a noisy estimate of S p(z_u), is replaced by its
+        exact prior probability wherever the state is likely to be drawn, and rare states keep
+        the weight of one draw. The targets then cost N x (distinct states) instead of N x S.
+        The extra dreams are as many as keep the distinct states they are expected to reach
+        (estimated from the step's own dreams, :func:`expected_distinct`) within 4 N_sleep:
+        where the prior's mass sits on few states, many more draws add few columns."""
+        generator = generator or self.generator
+        latents = list(sleep[1:])
+        features = self.encode(latents) if features is None else features
+        draws = latents[0].shape[0]
+        if self._state_bits is None or self.wake_particles:
+            if self.wake_dreams > draws:
+                more = self.model.sample(self.wake_dreams - draws, generator=generator)[1:]
+                latents = [torch.cat(pair) for pair in zip(latents, more)]
+                features = [torch.cat(pair) for pair in zip(features, self.encode(more))]
+            return PriorParticles(latents, features, None, latents[0].shape[0])
+        sizes, dtype = [z.shape[1] for z in latents], latents[0].dtype
+        codes = torch.unique(state_codes(latents))
+        latents = decode_states(codes, sizes, dtype)
+        log_p = self.model.log_prior(latents)
+        wanted = self.wake_dreams  # halved until the states they should reach fit the budget
+        while wanted > draws and expected_distinct(log_p, draws, wanted) > 4 * self.sleep_samples:
+            wanted //= 2
+        if wanted > draws:
+            more = self.model.sample(wanted - draws, generator=generator)[1:]
+            codes, draws = torch.unique(torch.cat([codes, state_codes(more)])), wanted
+            latents = decode_states(codes, sizes, dtype)
+            log_p = self.model.log_prior(latents)
+        log_mass = (log_p - log_inclusion_probability(log_p, draws)).to(latents[0].dtype)
+        return PriorParticles(latents, self.encode(latents), log_mass, draws)
+
+    def _weighted_targets(self, x, particles: PriorParticles, generator):
+        """:meth:`wake_targets` on given prior particles."""
+        log_w = pair_log_prob(self.model.observation, x, particles.latents[0])  # (N, S)
+        if particles.log_mass is not None:
+            log_w = log_w + particles.log_mass
         own = None
         if self.wake_particles:
-            own, own_log_w = self._proposal_particles(x, sleep, log_w, generator or self.generator)
+            own, own_log_w = self._proposal_particles(x, particles, log_w, generator)
             log_w = torch.cat([log_w, own_log_w], 1)
         # softmax over the particles, with every weight below e^-75 of the largest set to 0:
         # such weights change no target beyond rounding, but as float32 they are subnormal
@@ -376,26 +462,32 @@ class DDCHelmholtzMachine(Algorithm):
         shifted = (log_w - log_w.amax(1, keepdim=True)).clamp_(min=-75.0)
         w = shifted.exp()
         w = (w / w.sum(1, keepdim=True)).masked_fill_(shifted <= -75.0, 0.0)
-        ess = 1.0 / (w**2).sum(1)
-        n_dreams = sleep[1].shape[0]
-        targets = [w[:, :n_dreams] @ f for f in features]
+        n_prior = particles.latents[0].shape[0]
+        if particles.log_mass is None:
+            ess = 1.0 / (w**2).sum(1)
+        else:  # a collapsed state stands for S p / pi draws (>= 1): Kish's ESS over the draws
+            stands_for = (particles.log_mass.exp() * particles.draws).clamp(min=1.0)
+            squares = w**2
+            squares[:, :n_prior] /= stands_for
+            ess = 1.0 / squares.sum(1)
+        targets = [w[:, :n_prior] @ f for f in particles.features]
         if own is not None:
             m = self.wake_particles
-            w_own = w[:, n_dreams:].unsqueeze(1)  # (N, 1, M)
+            w_own = w[:, n_prior:].unsqueeze(1)  # (N, 1, M)
             for target, f in zip(targets, self.encode(own)):
                 target += (w_own @ f.reshape(x.shape[0], m, -1)).squeeze(1)
         return targets, ess
 
-    def _proposal_particles(self, x, sleep, dream_log_lik, generator):
+    def _proposal_particles(self, x, particles, dream_log_lik, generator):
         """M particles per point from the recogniser's proposal, and the mixture weights of
         every particle. Turns ``dream_log_lik`` (log p(x_n | z_1^s)) into the dreams'
         mixture log-weights in place; returns (particles, their (N, M) log-weights)."""
-        m, n_dreams = self.wake_particles, sleep[1].shape[0]
+        m, n_dreams, dreams = self.wake_particles, particles.draws, particles.latents
         proposal = MeanFieldProposal(self.encodings, self.expected_encodings(x))
         own = proposal.sample(m, generator)
         log_a, log_b = math.log(n_dreams / (n_dreams + m)), math.log(m / (n_dreams + m))
-        dream_prior = self.model.log_prior(sleep[1:])  # (S,)
-        mixture = torch.logaddexp(log_a + dream_prior, log_b + proposal.pair_log_prob(sleep[1:]))
+        dream_prior = self.model.log_prior(dreams)  # (S,)
+        mixture = torch.logaddexp(log_a + dream_prior, log_b + proposal.pair_log_prob(dreams))
         dream_log_lik.add_(dream_prior - mixture)
         own_prior = self.model.log_prior(own).reshape(x.shape[0], m)
         own_lik = self.model.observation.log_prob(x.repeat_interleave(m, 0), own[0])

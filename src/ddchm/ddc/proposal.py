@@ -17,6 +17,7 @@ the data reach |x| = 17 while 99% of dreams stay within 3).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -128,3 +129,52 @@ class RecognitionProposal:
         log_q = proposal.log_prob(latents, n_particles)  # (N, K)
         n = x.shape[0]
         return [z.reshape(n, n_particles, -1).transpose(0, 1) for z in latents], log_q.T
+
+
+class PriorParticles(NamedTuple):
+    """The prior's particles of the wake targets (``DDCHelmholtzMachine.prior_particles``).
+
+    latents: [z_1, ..., z_L], one row per particle (distinct states where collapsed);
+    features: their encodings [T_1(z_1), ..., T_L(z_L)];
+    log_mass: log of each row's weight in place of one draw (None: one draw each);
+    draws: S, the prior draws behind them.
+    """
+
+    latents: list
+    features: list
+    log_mass: torch.Tensor | None
+    draws: int
+
+
+def state_codes(latents: list[torch.Tensor]) -> torch.Tensor:
+    """One int64 code per row of binary latents [z_1, ..., z_L] (at most 62 units in all):
+    unit k of the concatenated row is bit k."""
+    z = torch.cat(latents, 1).to(torch.int64)
+    powers = 2 ** torch.arange(z.shape[1], dtype=torch.int64, device=z.device)
+    return (z * powers).sum(1)
+
+
+def decode_states(codes: torch.Tensor, sizes: list[int], dtype) -> list[torch.Tensor]:
+    """The binary latents [z_1, ..., z_L] (layer sizes ``sizes``) of :func:`state_codes`."""
+    bits = torch.arange(sum(sizes), device=codes.device)
+    z = ((codes.unsqueeze(1) >> bits) & 1).to(dtype)
+    return list(z.split(sizes, 1))
+
+
+def log_inclusion_probability(log_p: torch.Tensor, draws: int) -> torch.Tensor:
+    """log pi = log(1 - (1 - p)^S): the chance that S independent draws include a state of
+    probability p, to float64 rounding; for S p < e^-700, where p would underflow, it is
+    log S + log p."""
+    log_p = log_p.double()
+    tiny = log_p + math.log(draws) < -700.0
+    exact = torch.log(-torch.expm1(draws * torch.log1p(-log_p.clamp(max=0.0).exp())))
+    return torch.where(tiny, log_p + math.log(draws), exact)
+
+
+def expected_distinct(log_p: torch.Tensor, draws: int, more_draws: int) -> float:
+    """The expected number of distinct states among ``more_draws`` prior draws, estimated from
+    the distinct states (log-probabilities ``log_p``) seen in ``draws`` draws: the Horvitz-
+    Thompson sum over them of pi(more_draws) / pi(draws). Where no state repeats it is the
+    linear extrapolation U more_draws / draws, where the mass sits on few states it saturates."""
+    ratio = log_inclusion_probability(log_p, more_draws) - log_inclusion_probability(log_p, draws)
+    return float(ratio.exp().sum())

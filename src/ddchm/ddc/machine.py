@@ -428,9 +428,9 @@ class DDCHelmholtzMachine(Algorithm):
         where the prior's mass sits on few states, many more draws add few columns."""
         generator = generator or self.generator
         latents = list(sleep[1:])
-        features = self.encode(latents) if features is None else features
         draws = latents[0].shape[0]
-        if self._state_bits is None or self.wake_particles:
+        if self._state_bits is None:  # plain draws (collapsed ones are encoded state by state)
+            features = self.encode(latents) if features is None else features
             if self.wake_dreams > draws:
                 more = self.model.sample(self.wake_dreams - draws, generator=generator)[1:]
                 latents = [torch.cat(pair) for pair in zip(latents, more)]

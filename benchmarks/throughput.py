@@ -128,8 +128,9 @@ def matmul_block(a, b, count=4) -> float:
 
 
 def ddc_phases(ddc: DDCHelmholtzMachine, batch: torch.Tensor, clock: dict) -> None:
-    """One DDC-HM step, as :meth:`DDCHelmholtzMachine.step` takes it (recognition_steps = 1),
-    with the CPU time of each piece added to ``clock``."""
+    """One DDC-HM step, as :meth:`DDCHelmholtzMachine.step` takes it (recognition_steps = 1;
+    the recogniser updated every ``recognition_every``-th step), with the CPU time of each piece
+    added to ``clock``."""
 
     def lap(name, tic):
         now = time.process_time()
@@ -146,12 +147,15 @@ def ddc_phases(ddc: DDCHelmholtzMachine, batch: torch.Tensor, clock: dict) -> No
     features = ddc.encode(sleep[1:])
     tic = lap("encodings", tic)
     wake = {}
-    if ddc.wake_recognition:
+    update_recogniser = ddc.steps % ddc.recognition_every == 0
+    if ddc.importance_encodings or (update_recogniser and ddc.wake_recognition):
         targets, ess = ddc.wake_targets(batch, sleep, features)
         weight = ddc.wake_weight * (ess / ddc.wake_min_ess).clamp(max=1.0)
         wake = dict(wake_x=batch, wake_targets=targets, wake_weight=weight)
         tic = lap("wake_importance_targets", tic)
-    ddc.recognition.fit_step(sleep[0], features, **wake)
+    if update_recogniser:  # every recognition_every-th step, on recognition_dreams dreams
+        n = ddc.recognition_dreams
+        ddc.recognition.fit_step(sleep[0][:n], [f[:n] for f in features], **wake)
     tic = lap("recogniser_update", tic)
     solvers = [None, *ddc.map_solvers(features)]
     tic = lap("ridge_solves", tic)

@@ -162,16 +162,82 @@ def test_throughput_breakdown_replays_the_step_it_times():
     throughput = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(throughput)
     model = sbn(seed=3)
-    x = model.sample(40, generator=2)[0]
+    x = model.sample(60, generator=2)[0]
     machines = [
         DDCHelmholtzMachine(m, n_features=[20, 8], sleep_samples=200, generator=4)
         for m in (model, copy.deepcopy(model))
     ]
+    assert machines[0].recognition_every == 2  # a small binary chain: see below
     clock = {}
-    for step in range(3):
+    for step in range(6):
         batch = x[10 * step : 10 * step + 10]
         machines[0].step(batch)
         throughput.ddc_phases(machines[1], batch, clock)
     for new, old in zip(machines[0].model.parameters(), machines[1].model.parameters()):
         assert torch.allclose(new, old, atol=1e-6, rtol=0)
+    for new, old in zip(machines[0].recognition.parameters(), machines[1].recognition.parameters()):
+        assert torch.allclose(new, old, atol=1e-6, rtol=0)
     assert {"dreams", "recogniser_update", "ridge_solves", "optimiser"} <= set(clock)
+
+
+def test_sample_latents_are_the_samples_latents():
+    model = sbn()
+    full, latents = model.sample(200, generator=7), model.sample_latents(200, generator=7)
+    assert all(torch.equal(a, b) for a, b in zip(full[1:], latents))
+
+
+def recogniser_updates(machine):
+    """Wrap the recogniser's fit_step to record the rows of every update."""
+    rows, fit_step = [], machine.recognition.fit_step
+
+    def recorded(x, targets, **wake):
+        rows.append((x.shape[0], targets[0].shape[0]))
+        return fit_step(x, targets, **wake)
+
+    machine.recognition.fit_step = recorded
+    return rows
+
+
+def test_a_recogniser_the_wake_phase_does_not_read_is_updated_every_kth_step():
+    """On a small binary chain the wake phase's r is the importance-sampled E[T | x] wherever it
+    rests on wake_min_ess effective draws (here: every point): updating the recogniser every
+    third step, on 100 of the dreams, leaves theta's path exactly as it was."""
+    model = sbn(dims=(3, 5, 8), seed=1)
+    x = model.sample(60, generator=2)[0]
+    machines = {
+        k: DDCHelmholtzMachine(
+            m,
+            n_features=[20, 8],
+            sleep_samples=300,
+            recognition_every=k,
+            recognition_dreams=300 if k == 1 else 100,
+            generator=4,
+        )
+        for k, m in ((1, model), (3, copy.deepcopy(model)))
+    }
+    rows = recogniser_updates(machines[3])
+    for step in range(6):
+        batch = x[10 * step : 10 * step + 10]
+        for machine in machines.values():
+            machine.step(batch)
+            targets, ess = machine._wake_estimates
+            assert float(ess.min()) >= machine.wake_min_ess  # r is all importance-sampled
+    assert rows == [(100, 100), (100, 100)]  # steps 0 and 3, 100 dreams each
+    for (name, a), b in zip(machines[1].model.named_parameters(), machines[3].model.parameters()):
+        assert torch.equal(a, b), name
+    trunk = [p for p in machines[3].recognition.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(machines[1].recognition.parameters(), trunk))
+
+
+def test_recogniser_schedule_defaults_and_errors():
+    small = DDCHelmholtzMachine(sbn(), sleep_samples=200, generator=0)
+    assert small.recognition_every == 2 and small.recognition_dreams == 100
+    wide = DDCHelmholtzMachine(sbn(dims=(30, 40, 30)), sleep_samples=200, generator=0)
+    assert not wide.importance_encodings  # its wake phase reads the recogniser's r
+    plain = DDCHelmholtzMachine(sbn(), sleep_samples=200, importance_encodings=False, generator=0)
+    for machine in (wide, plain):
+        assert machine.recognition_every == 1 and machine.recognition_dreams == 200
+    with pytest.raises(ValueError, match="recognition_dreams: expected at most sleep_samples"):
+        DDCHelmholtzMachine(sbn(), sleep_samples=200, recognition_dreams=500)
+    with pytest.raises(ValueError, match="recognition_every"):
+        DDCHelmholtzMachine(sbn(), recognition_every=0)

@@ -9,11 +9,16 @@ import torch
 
 from ddchm.data.synthetic import make_truth
 from ddchm.ddc import DDCHelmholtzMachine
+from ddchm.ddc.encodings import LayerEncoding
 from ddchm.ddc.proposal import (
+    CodedFeatures,
     decode_states,
+    distinct_codes,
     expected_distinct,
+    layer_codes,
     log_inclusion_probability,
     state_codes,
+    weighted_features,
 )
 from ddchm.models import Bernoulli, HierarchicalModel, exact_reference
 
@@ -35,6 +40,58 @@ def test_state_codes_round_trip():
     back = decode_states(codes, [10, 4], torch.float32)
     assert all(torch.equal(a, b) for a, b in zip(back, latents))
     assert torch.unique(codes).numel() == torch.unique(torch.cat(latents, 1), dim=0).shape[0]
+
+
+def test_codes_of_wide_states_and_of_each_layer():
+    generator = torch.Generator().manual_seed(1)
+    wide = [(torch.rand(300, k, generator=generator) < 0.5).float() for k in (40, 20)]
+    codes = state_codes(wide)  # 60 bits: the int64 path (float64 is exact to 52 only)
+    assert all(
+        torch.equal(a, b) for a, b in zip(decode_states(codes, [40, 20], torch.float32), wide)
+    )
+    assert int(codes.max()) > 2**52
+    small = [(torch.rand(300, k, generator=generator) < 0.5).float() for k in (10, 4)]
+    for z, code in zip(small, layer_codes(state_codes(small), [10, 4])):
+        assert torch.equal(code, state_codes([z]))
+
+
+def test_distinct_codes_by_counting_equal_unique():
+    generator = torch.Generator().manual_seed(2)
+    for bits in (14, 20, 30):
+        codes = torch.randint(2**bits, (5000,), generator=generator) % 3000 * (2 ** (bits - 12))
+        assert torch.equal(distinct_codes(codes, bits), torch.unique(codes)), bits
+
+
+def test_state_table_matches_the_encoding_and_follows_its_calibration():
+    encoding = LayerEncoding(6, n_features=20, generator=0)
+    z = (torch.rand(400, 6, generator=torch.Generator().manual_seed(3)) < 0.3).float()
+    encoding.calibrate(z)
+    table = encoding.state_table()
+    assert table.shape == (64, encoding.size) and encoding.state_table() is table  # cached
+    codes = state_codes([z])
+    assert torch.allclose(table[codes], encoding(z), atol=1e-6)
+    encoding.calibrate(z[:100])  # a new calibration: a new table, equal to the new T
+    assert encoding.state_table() is not table
+    assert torch.allclose(encoding.state_table()[codes], encoding(z), atol=1e-6)
+    moved = LayerEncoding(6, n_features=20, generator=0)
+    moved.load_state_dict(encoding.state_dict())
+    assert torch.allclose(moved.state_table(), encoding.state_table(), atol=0)
+    with pytest.raises(ValueError, match="binary layer of at most 12"):
+        LayerEncoding(13, n_features=5, generator=0).state_table()
+    with pytest.raises(ValueError, match="gaussian layer"):
+        LayerEncoding(3, n_features=5, family="gaussian", generator=0).state_table()
+
+
+def test_weighted_features_by_state_equal_the_dense_product():
+    generator = torch.Generator().manual_seed(4)
+    table = torch.rand(16, 7, generator=generator)
+    for particles in (300, 10):  # summed by state (16 < 300), or gathered (16 >= 10)
+        codes = torch.randint(16, (particles,), generator=generator)
+        w = torch.rand(5, particles, generator=generator)
+        got = weighted_features(w, CodedFeatures(codes, table))
+        assert torch.allclose(got, w @ table[codes], rtol=1e-5, atol=1e-6)
+    # a sign or an index slip fails it
+    assert not torch.allclose(got, w @ table[(codes + 1) % 16], rtol=1e-3)
 
 
 def test_log_inclusion_probability():

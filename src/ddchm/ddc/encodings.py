@@ -41,6 +41,9 @@ from torch import nn
 
 from ddchm.validation import check_matrix, make_generator
 
+# binary layers of at most this many units can tabulate T over all their states (state_table)
+TABLE_MAX_UNITS = 12
+
 NONLINEARITIES = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
 FAMILY_STATS = {"bernoulli": (), "gaussian": (), "laplace": ("abs",)}
 
@@ -113,6 +116,9 @@ class LayerEncoding(nn.Module):
         # whitening (identity until `whiten` is called): T = [(features - centre) @ whitener, 1]
         self.register_buffer("centre", torch.zeros(0))
         self.register_buffer("whitener", torch.zeros(0, 0))
+        # bumped whenever T changes (calibrate, whiten, load_state_dict): keys state_table's cache
+        self._revision = 0
+        self._table, self._table_key = None, None
 
     # --- sizes -------------------------------------------------------------------------------
     @property
@@ -177,6 +183,7 @@ class LayerEncoding(nn.Module):
             standardised = (pre - self.projection_centre) / self.projection_scale
             self.threshold.copy_(standardised[rows, torch.arange(self.n_features)])
             self.calibrated.fill_(True)
+        self._revision += 1
         return self
 
     @torch.no_grad()
@@ -238,6 +245,7 @@ class LayerEncoding(nn.Module):
         whitener = eigenvectors[:, keep] / eigenvalues[keep].sqrt()
         self.centre = centre.to(self.direction.dtype)
         self.whitener = whitener.to(self.direction.dtype)
+        self._revision += 1
         return self
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -258,7 +266,28 @@ class LayerEncoding(nn.Module):
         # whitening buffers change shape when set: take the saved shapes
         self.centre = torch.empty_like(state_dict["centre"])
         self.whitener = torch.empty_like(state_dict["whitener"])
+        self._revision += 1
         return super().load_state_dict(state_dict, strict=strict)
+
+    @torch.no_grad()
+    def state_table(self) -> torch.Tensor:
+        """T(z) of every state of a binary layer of at most ``TABLE_MAX_UNITS`` units, (2^dim,
+        size): row c is the state whose unit k is bit k of c (as ``ddc.proposal.state_codes``).
+        Computed once and reused until the encoding changes (calibrate, whiten,
+        load_state_dict, or a new dtype or device). A sum over many particles' T then costs a
+        sum over the layer's own states: the particles' weights are first added up by state."""
+        if self.continuous or self.dim > TABLE_MAX_UNITS:
+            raise ValueError(
+                f"state_table: needs a binary layer of at most {TABLE_MAX_UNITS} units, "
+                f"got a {self.family} layer of {self.dim}"
+            )
+        key = (self._revision, self.direction.dtype, self.direction.device)
+        if self._table_key != key:
+            codes = torch.arange(2**self.dim, device=self.direction.device)
+            bits = torch.arange(self.dim, device=codes.device)
+            states = ((codes.unsqueeze(1) >> bits) & 1).to(self.direction.dtype)
+            self._table, self._table_key = self(states), key
+        return self._table
 
 
 def _shift(values, centre, scale) -> torch.Tensor:

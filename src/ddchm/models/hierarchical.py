@@ -124,11 +124,18 @@ class HierarchicalModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | int | None = None) -> list[torch.Tensor]:
         """Ancestral samples of every layer, returned as ``[x, z_1, ..., z_L]``."""
+        return self._ancestral(n, generator, bottom=0)
+
+    def sample_latents(self, n: int, generator: torch.Generator | int | None = None):
+        """Ancestral samples of the latent layers only, ``[z_1, ..., z_L]`` (no x is drawn)."""
+        return self._ancestral(n, generator, bottom=1)[1:]
+
+    def _ancestral(self, n, generator, bottom: int) -> list[torch.Tensor]:
         reference = next(self.parameters())
         generator = make_generator(generator, device=reference.device)
         values = [None] * len(self.layers)
         values[-1] = self.prior.sample(n=n, generator=generator)
-        for l in range(len(self.layers) - 2, -1, -1):
+        for l in range(len(self.layers) - 2, bottom - 1, -1):
             values[l] = self.layers[l].sample(values[l + 1], generator=generator)
         return values
 

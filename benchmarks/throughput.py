@@ -144,7 +144,7 @@ def ddc_phases(ddc: DDCHelmholtzMachine, batch: torch.Tensor, clock: dict) -> No
     if ddc.recalibrate_every and ddc.steps % ddc.recalibrate_every == 0 and ddc.steps:
         ddc.recalibrate(sleep)
     tic = lap("drift_check_and_recalibration", tic)
-    features = ddc.encode(sleep[1:])
+    features = ddc.encode_samples(sleep[1:])
     tic = lap("encodings", tic)
     wake = {}
     update_recogniser = ddc.steps % ddc.recognition_every == 0

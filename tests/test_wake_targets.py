@@ -11,16 +11,16 @@ from ddchm.data.synthetic import make_truth
 from ddchm.ddc import DDCHelmholtzMachine
 from ddchm.ddc.encodings import LayerEncoding
 from ddchm.ddc.proposal import (
-    CodedFeatures,
     decode_states,
     distinct_codes,
     expected_distinct,
+    group_by_bottom,
     layer_codes,
     log_inclusion_probability,
     state_codes,
-    weighted_features,
 )
 from ddchm.models import Bernoulli, HierarchicalModel, exact_reference
+from ddchm.models.exact import pair_log_prob
 
 
 def target_error(targets, reference, encodings, x):
@@ -82,16 +82,54 @@ def test_state_table_matches_the_encoding_and_follows_its_calibration():
         LayerEncoding(3, n_features=5, family="gaussian", generator=0).state_table()
 
 
-def test_weighted_features_by_state_equal_the_dense_product():
-    generator = torch.Generator().manual_seed(4)
-    table = torch.rand(16, 7, generator=generator)
-    for particles in (300, 10):  # summed by state (16 < 300), or gathered (16 >= 10)
-        codes = torch.randint(16, (particles,), generator=generator)
-        w = torch.rand(5, particles, generator=generator)
-        got = weighted_features(w, CodedFeatures(codes, table))
-        assert torch.allclose(got, w @ table[codes], rtol=1e-5, atol=1e-6)
-    # a sign or an index slip fails it
-    assert not torch.allclose(got, w @ table[(codes + 1) % 16], rtol=1e-3)
+def test_samples_encoded_through_the_tables_equal_their_encodings():
+    for layers in (
+        [Bernoulli(4), Bernoulli(10, 4), Bernoulli(8, 10)],
+        [Bernoulli(3), Bernoulli(14, 3), Bernoulli(6, 14)],  # 14 units: no table
+    ):
+        model = HierarchicalModel(layers)
+        ddc = DDCHelmholtzMachine(model, n_features=[20, 10], generator=0)
+        sleep = model.sample(500, generator=1)
+        for fast, slow in zip(ddc.encode_samples(sleep[1:]), ddc.encode(sleep[1:])):
+            assert torch.allclose(fast, slow, atol=1e-6)
+
+
+def ungrouped_targets(ddc, x, codes, log_mass, draws, sizes):
+    """The collapsed wake targets and ESS summed state by state, N x U (no grouping)."""
+    latents = decode_states(codes, sizes, x.dtype)
+    log_w = pair_log_prob(ddc.model.observation, x, latents[0]) + log_mass
+    w = torch.softmax(log_w.double(), 1)
+    stands_for = (log_mass.double().exp() * draws).clamp(min=1.0)
+    ess = 1.0 / ((w * w) / stands_for).sum(1)
+    return [w @ encoding(z).double() for encoding, z in zip(ddc.encodings, latents)], ess
+
+
+@pytest.mark.parametrize("dims", [(8, 10, 4), (6, 5, 14, 3)])
+def test_grouping_by_the_bottom_state_is_an_exact_regrouping(dims):
+    """(8, 10, 4): the upper layer through its table; (6, 5, 14, 3): a 14-unit layer without a
+    table, and a 3-unit one above it."""
+    torch.manual_seed(0)
+    layers = [Bernoulli(dims[-1], init_scale=1.5)]  # top down
+    layers += [
+        Bernoulli(dims[i], dims[i + 1], init_scale=1.5) for i in reversed(range(len(dims) - 1))
+    ]
+    model = HierarchicalModel(layers)
+    x = model.sample(40, generator=1)[0]
+    ddc = DDCHelmholtzMachine(model, n_features=[20] * (len(dims) - 1), generator=0)
+    codes, log_mass, draws = ddc._distinct_states(model.sample(3000, generator=2), None)
+    sizes = list(dims[1:])
+    particles = group_by_bottom(ddc.encodings, codes, sizes, log_mass, draws, x.dtype)
+    assert particles.latents[0].shape[0] < codes.shape[0]  # fewer bottom states than states
+    targets, ess = ddc._weighted_targets(x, particles, None)
+    expected, expected_ess = ungrouped_targets(ddc, x, codes, log_mass, draws, sizes)
+    for got, want in zip(targets, expected):
+        assert torch.allclose(got.double(), want, atol=2e-5, rtol=1e-4)
+    assert torch.allclose(ess.double(), expected_ess, rtol=1e-4)
+    # the ESS is not the states' own: a state of weight p / pi stands for S p / pi draws
+    assert (
+        float((ess.double() - 1.0 / (torch.softmax(log_mass.double(), 0) ** 2).sum()).abs().max())
+        > 1
+    )
 
 
 def test_log_inclusion_probability():
@@ -121,16 +159,16 @@ def test_collapsed_targets_are_closer_to_the_exact_ones_than_plain_draws():
     for seed in range(3):
         sleep = model.sample(2000, generator=10 + seed)
         ddc.wake_dreams = 2000  # no extra dreams: the step's own
-        particles = ddc.prior_particles(sleep)
-        assert particles.latents[0].shape[0] < 600 and particles.draws == 2000
-        targets, _ = ddc._weighted_targets(x, particles, None)
+        codes, log_mass, draws = ddc._distinct_states(sleep, None)
+        assert codes.shape[0] < 600 and draws == 2000
+        targets, _ = ddc._weighted_targets(x, ddc.prior_particles(sleep), None)
         errors["collapsed"].append(target_error(targets, reference, ddc.encodings, x))
-        for name, log_mass in (
-            ("unweighted", torch.zeros_like(particles.log_mass)),
-            ("prior only", model.log_prior(particles.latents).detach()),
+        for name, biased in (
+            ("unweighted", torch.zeros_like(log_mass)),
+            ("prior only", model.log_prior(decode_states(codes, [10, 4], x.dtype)).detach()),
         ):
-            biased = particles._replace(log_mass=log_mass)
-            targets, _ = ddc._weighted_targets(x, biased, None)
+            particles = group_by_bottom(ddc.encodings, codes, [10, 4], biased, draws, x.dtype)
+            targets, _ = ddc._weighted_targets(x, particles, None)
             errors[name].append(target_error(targets, reference, ddc.encodings, x))
         ddc._state_bits = None
         targets, _ = ddc.wake_targets(x, sleep)
@@ -180,9 +218,9 @@ def test_extra_dreams_stop_at_the_distinct_state_budget():
         for parameter in model.parameters():
             parameter.zero_()
     ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=1000, generator=0)
-    particles = ddc.prior_particles(ddc.dream())
-    assert particles.draws < ddc.wake_dreams
-    assert particles.latents[0].shape[0] <= 4 * 1000 * 1.1
+    codes, _, draws = ddc._distinct_states(ddc.dream(), None)
+    assert draws < ddc.wake_dreams
+    assert codes.shape[0] <= 4 * 1000 * 1.1
 
 
 def test_defaults_follow_the_chain():

@@ -26,19 +26,18 @@ import math
 import torch
 
 from ddchm.algorithms.base import Algorithm, OptimizerSpec, apply_ascent, make_optimizer
-from ddchm.ddc.encodings import TABLE_MAX_UNITS, make_encodings
+from ddchm.ddc.encodings import make_encodings
 from ddchm.ddc.proposal import (
-    CodedFeatures,
     MeanFieldProposal,
     PriorParticles,
     RecognitionProposal,
     decode_states,
     distinct_codes,
+    encode_states,
     expected_distinct,
-    layer_codes,
+    group_by_bottom,
     log_inclusion_probability,
     state_codes,
-    weighted_features,
 )
 from ddchm.ddc.recognition import NetworkRecognition, RidgeRecognition
 from ddchm.ddc.wake import RidgeSolver, heldout_r2, wake_gradient
@@ -388,6 +387,14 @@ class DDCHelmholtzMachine(Algorithm):
         """[T_1(z_1), ..., T_L(z_L)] for latents [z_1, ..., z_L]."""
         return [encoding(z) for encoding, z in zip(self.encodings, latents)]
 
+    @torch.no_grad()
+    def encode_samples(self, latents: list[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`encode` for samples of the model (binary layers hold 0 / 1 only): a small
+        binary layer's encodings are read off its table of every state."""
+        if self._state_bits is None:
+            return self.encode(latents)
+        return [encode_states(e, state_codes([z]), z) for e, z in zip(self.encodings, latents)]
+
     def map_ridges(self) -> list[torch.Tensor]:
         """Per-column penalties (lambda / N_sleep) of each layer's gradient maps."""
         return [encoding.map_ridge(self.ridge, self.exact_ridge) for encoding in self.encodings]
@@ -457,7 +464,9 @@ class DDCHelmholtzMachine(Algorithm):
         sum over states). Each sum over states, hence each target's numerator and denominator,
         stays unbiased; a state's draw count, a noisy estimate of S p(z_u), is replaced by its
         exact prior probability wherever the state is likely to be drawn, and rare states keep
-        the weight of one draw. The targets then cost N x (distinct states) instead of N x S.
+        the weight of one draw. The states are then grouped by their bottom layer z_1, on which
+        alone the likelihood depends (:func:`~ddchm.ddc.proposal.group_by_bottom`): the targets
+        cost N x (distinct z_1) instead of N x S.
         The extra dreams are as many as keep the distinct states they are expected to reach
         (estimated from the step's own dreams, :func:`expected_distinct`) within 4 N_sleep:
         where the prior's mass sits on few states, many more draws add few columns."""
@@ -471,28 +480,26 @@ class DDCHelmholtzMachine(Algorithm):
                 latents = [torch.cat(pair) for pair in zip(latents, more)]
                 features = [torch.cat(pair) for pair in zip(features, self.encode(more))]
             return PriorParticles(latents, features, None, latents[0].shape[0])
-        sizes, dtype, bits = [z.shape[1] for z in latents], latents[0].dtype, self._state_bits
+        codes, log_mass, draws = self._distinct_states(sleep, generator)
+        sizes = [z.shape[1] for z in latents]
+        return group_by_bottom(self.encodings, codes, sizes, log_mass, draws, latents[0].dtype)
+
+    @torch.no_grad()
+    def _distinct_states(self, sleep, generator):
+        """The collapsed draws of :meth:`prior_particles`: the distinct states' codes, the log
+        of their weights p / pi in place of draws, and the number of draws S."""
+        latents, bits = list(sleep[1:]), self._state_bits
+        sizes, dtype, draws = [z.shape[1] for z in latents], latents[0].dtype, latents[0].shape[0]
         codes = distinct_codes(state_codes(latents), bits)
-        latents = decode_states(codes, sizes, dtype)
-        log_p = self.model.log_prior(latents)
+        log_p = self.model.log_prior(decode_states(codes, sizes, dtype))
         wanted = self.wake_dreams  # halved until the states they should reach fit the budget
         while wanted > draws and expected_distinct(log_p, draws, wanted) > 4 * self.sleep_samples:
             wanted //= 2
         if wanted > draws:
             more = self.model.sample_latents(wanted - draws, generator=generator)
             codes, draws = distinct_codes(torch.cat([codes, state_codes(more)]), bits), wanted
-            latents = decode_states(codes, sizes, dtype)
-            log_p = self.model.log_prior(latents)
-        log_mass = (log_p - log_inclusion_probability(log_p, draws)).to(latents[0].dtype)
-        # small layers' encodings by reference to a table over their states (tabulated once per
-        # calibration): the weighted sums then run over those states, not the particles
-        features = [
-            CodedFeatures(c, encoding.state_table())
-            if encoding.dim <= TABLE_MAX_UNITS
-            else encoding(z)
-            for encoding, z, c in zip(self.encodings, latents, layer_codes(codes, sizes))
-        ]
-        return PriorParticles(latents, features, log_mass, draws)
+            log_p = self.model.log_prior(decode_states(codes, sizes, dtype))
+        return codes, (log_p - log_inclusion_probability(log_p, draws)).to(dtype), draws
 
     @torch.no_grad()
     def _weighted_targets(self, x, particles: PriorParticles, generator):
@@ -511,12 +518,11 @@ class DDCHelmholtzMachine(Algorithm):
         negligible = log_w <= floor
         w = torch.softmax(log_w.clamp_(min=floor), 1).masked_fill_(negligible, 0.0)
         n_prior = particles.latents[0].shape[0]
-        if particles.log_mass is None:
+        if particles.square_share is None:
             ess = 1.0 / (w * w).sum(1)
-        else:  # a collapsed state stands for S p / pi draws (>= 1): Kish's ESS over the draws
-            stands_for = (particles.log_mass.exp() * particles.draws).clamp(min=1.0)
-            ess = ((w * w) @ stands_for.reciprocal()).reciprocal()  # (no proposal particles)
-        targets = [weighted_features(w[:, :n_prior], f) for f in particles.features]
+        else:  # collapsed: a state stands for S p / pi draws (>= 1); Kish's ESS over the draws
+            ess = ((w * w) @ particles.square_share).reciprocal()  # (no proposal particles)
+        targets = [w[:, :n_prior] @ f for f in particles.features]
         if own is not None:
             m = self.wake_particles
             w_own = w[:, n_prior:].unsqueeze(1)  # (N, 1, M)
@@ -619,7 +625,7 @@ class DDCHelmholtzMachine(Algorithm):
         if self.recalibrate_every and self.steps % self.recalibrate_every == 0 and self.steps:
             self.recalibrate(sleep)
         # the dreams are encoded once: the recogniser's targets and the gradient maps' features
-        features = self.encode(sleep[1:])
+        features = self.encode_samples(sleep[1:])
         self._wake_estimates = None
         if self.steps % self.recognition_every == 0:
             self.last_recognition_loss = self.train_recognition(sleep, batch, features)

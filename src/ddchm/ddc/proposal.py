@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from ddchm.ddc.encodings import TABLE_MAX_UNITS
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -131,35 +133,18 @@ class RecognitionProposal:
         return [z.reshape(n, n_particles, -1).transpose(0, 1) for z in latents], log_q.T
 
 
-class CodedFeatures(NamedTuple):
-    """The encodings T_l of U particles given by reference: each particle's state of layer l
-    (its code, as in :func:`state_codes`) and a table of T_l over all the layer's states
-    (``LayerEncoding.state_table``)."""
-
-    codes: torch.Tensor  # (U,) int64
-    table: torch.Tensor  # (2^d_l, size)
-
-
-def weighted_features(w: torch.Tensor, features) -> torch.Tensor:
-    """w @ T: (N, U) weights times the particles' encodings, a (U, size) tensor or
-    :class:`CodedFeatures`. With a table smaller than the particles, each row's weights are
-    first added up by the layer's state, so the product runs over 2^d_l states instead of U."""
-    if isinstance(features, torch.Tensor):
-        return w @ features
-    codes, table = features
-    if table.shape[0] >= codes.shape[0]:
-        return w @ table[codes]
-    by_state = w.new_zeros(w.shape[0], table.shape[0]).index_add_(1, codes, w)
-    return by_state @ table
-
-
 class PriorParticles(NamedTuple):
     """The prior's particles of the wake targets (``DDCHelmholtzMachine.prior_particles``).
 
-    latents: [z_1, ..., z_L], one row per particle (distinct states where collapsed);
-    features: their encodings [T_1(z_1), ..., T_L(z_L)], each a (U, size) tensor or
-        :class:`CodedFeatures` (collapsed states of a small layer);
-    log_mass: log of each row's weight in place of one draw (None: one draw each);
+    Plain draws: one row per draw; latents [z_1, ..., z_L], features [T_1(z_1), ..., T_L(z_L)],
+    log_mass and square_share None.
+
+    Collapsed draws (:func:`group_by_bottom`): one row per distinct bottom state z_1 among the
+    distinct states drawn. latents: [z_1]; features: T_1(z_1) and, for l >= 2, the mean of
+    T_l(z_l) over the row's states weighted by their mass; log_mass: log of the row's total
+    mass (its states' p / pi); square_share: sum over the row's states of (mass share)^2 / (the
+    draws a state stands for), for Kish's ESS.
+
     draws: S, the prior draws behind them.
     """
 
@@ -167,6 +152,57 @@ class PriorParticles(NamedTuple):
     features: list
     log_mass: torch.Tensor | None
     draws: int
+    square_share: torch.Tensor | None = None
+
+
+def group_by_bottom(encodings, codes, sizes, log_mass, draws: int, dtype) -> PriorParticles:
+    """Distinct binary states (their :func:`state_codes`; layer sizes ``sizes``; log_mass the
+    log of each state's weight p / pi) as :class:`PriorParticles` grouped by the bottom layer.
+
+    A data point's weight on a state is p(x | z_1) times the state's mass: it depends on the
+    state through z_1 only. So the N x U sums of the wake targets regroup exactly into N x U_1
+    sums over the distinct z_1 (U_1 <= 2^d_1), each with its group's total mass and the
+    mass-weighted mean of the upper layers' encodings, computed once for all data points."""
+    per_layer = layer_codes(codes, sizes)
+    bottom, group = torch.unique(per_layer[0], return_inverse=True)
+    n_groups = bottom.shape[0]
+    log_mass = log_mass.double()
+    top = log_mass.max()
+    mass = (log_mass - top).exp()
+    group_mass = mass.new_zeros(n_groups).index_add_(0, group, mass)
+    share = mass / group_mass[group].clamp_min(torch.finfo(torch.float64).tiny)
+    stands_for = (log_mass.exp() * draws).clamp(min=1.0)  # a state stands for >= 1 draw
+    square_share = share.new_zeros(n_groups).index_add_(0, group, share**2 / stands_for)
+    z1 = decode_states(bottom, sizes[:1], dtype)[0]
+    features = [encode_states(encodings[0], bottom, z1)]
+    for l in range(1, len(sizes)):
+        encoding, states, width = encodings[l], per_layer[l], 2 ** sizes[l]
+        if _tabulated(encoding) and n_groups * width <= codes.shape[0] * encoding.size:
+            # the mass share of each (group, state of layer l) pair, times the layer's table
+            pairs = share.new_zeros(n_groups * width).index_add_(0, group * width + states, share)
+            table = encoding.state_table()
+            features.append(pairs.view(n_groups, width).to(table.dtype) @ table)
+        else:
+            t = encode_states(encoding, states, None, sizes[l], dtype)
+            weighted = share.to(t.dtype).unsqueeze(1) * t
+            features.append(t.new_zeros(n_groups, t.shape[1]).index_add_(0, group, weighted))
+    log_group_mass = (group_mass.log() + top).to(dtype)
+    return PriorParticles([z1], features, log_group_mass, draws, square_share.to(dtype))
+
+
+def _tabulated(encoding) -> bool:
+    return not encoding.continuous and encoding.dim <= TABLE_MAX_UNITS
+
+
+def encode_states(encoding, states, z=None, dim=None, dtype=None) -> torch.Tensor:
+    """T(z) of a binary layer's states given by their codes (:func:`state_codes` of the layer
+    alone): from the layer's table where it has one, else encoded (``z``: the decoded states if
+    at hand, else decoded from the codes as ``dim`` units of ``dtype``)."""
+    if _tabulated(encoding):
+        return encoding.state_table()[states]
+    if z is None:
+        z = decode_states(states, [dim], dtype)[0]
+    return encoding(z)
 
 
 def state_codes(latents: list[torch.Tensor]) -> torch.Tensor:

@@ -157,7 +157,7 @@ def ddc_phases(ddc: DDCHelmholtzMachine, batch: torch.Tensor, clock: dict) -> No
         n = ddc.recognition_dreams
         ddc.recognition.fit_step(sleep[0][:n], [f[:n] for f in features], **wake)
     tic = lap("recogniser_update", tic)
-    solvers = [None, *ddc.map_solvers(features)]
+    solvers = [None, *ddc.map_solvers(features, sleep[1:])]
     tic = lap("ridge_solves", tic)
     r = ddc.expected_encodings(batch)
     if ddc.importance_encodings:

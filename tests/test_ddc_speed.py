@@ -244,3 +244,25 @@ def test_recogniser_schedule_defaults_and_errors():
         DDCHelmholtzMachine(sbn(), sleep_samples=200, recognition_dreams=500)
     with pytest.raises(ValueError, match="recognition_every"):
         DDCHelmholtzMachine(sbn(), recognition_every=0)
+
+
+def test_ridge_solver_on_distinct_rows_equals_the_one_on_every_row():
+    """The dreams of a small binary layer repeat their states: a solver on the distinct rows
+    with a count-weighted Gram is the same solver."""
+    from ddchm.ddc.wake import RidgeSolver
+
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.rand(40, 12, generator=generator)
+    index = torch.randint(40, (500,), generator=generator)
+    index[:40] = torch.arange(40)  # every row used
+    ridge = torch.full((12,), 1e-3)
+    plain, distinct = (
+        RidgeSolver(rows[index], ridge),
+        RidgeSolver(rows[index], ridge, (rows, index)),
+    )
+    rhs = torch.rand(12, 3, generator=generator)
+    targets = torch.rand(500, 4, generator=generator)
+    assert torch.allclose(distinct.sample_weights(rhs), plain.sample_weights(rhs), atol=1e-6)
+    assert torch.allclose(distinct.fit(targets), plain.fit(targets), atol=1e-5)
+    wrong = RidgeSolver(rows[index], ridge, (rows, index.flip(0)))  # the index matters
+    assert not torch.allclose(wrong.sample_weights(rhs), plain.sample_weights(rhs), atol=1e-3)

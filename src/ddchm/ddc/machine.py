@@ -10,8 +10,9 @@
             grad_theta F ~= weighted autograd of the sleep samples' log-probabilities (section 7)
             one ascent step of any torch optimiser on theta                          (section 4)
 
-(On small binary chains the recogniser is updated every second step on half the dreams, since the
-wake phase does not read it there; see ``recognition_every``.)
+(On small binary chains the recogniser is updated every second step on half the dreams, since
+the wake phase does not read it there; see ``recognition_every``. docs/wake-phase.md has the
+whole wake phase.)
 
 Cost per step: N_sleep ancestral samples, N_sleep (K^2 + sum_l D_l D_{l+1}) for the maps, and
 the recogniser's forward/backward pass on N_sleep + N_batch inputs; the dreams are encoded once
@@ -38,6 +39,7 @@ from ddchm.ddc.proposal import (
     group_by_bottom,
     log_inclusion_probability,
     state_codes,
+    tabulated,
 )
 from ddchm.ddc.recognition import NetworkRecognition, RidgeRecognition
 from ddchm.ddc.wake import RidgeSolver, heldout_r2, wake_gradient
@@ -162,7 +164,9 @@ class DDCHelmholtzMachine(Algorithm):
             steps; DDC-HM minus RWS-5 -0.0083), sbn-easy 0.995 and
             -0.005 +/- 0.014 (6,000 steps); before, with the recogniser's r, 0.78 / 0.87
             (docs/RESULTS.md, lab log 2026-11-26, afternoon). The price: the sbn-hard step
-            went from 25 to 34 ms.
+            went from 25 to 34 ms; grouping the states by z_1 (:meth:`prior_particles`) and
+            the recogniser's schedule (``recognition_every``) then brought it to 15.5 ms
+            (lab log 2026-11-26, evening).
         sleep_targets: what the recogniser regresses on a dream x^s. 'samples' (default): the
             dream's own encodings T_l(z_l^s), as in eq 7; 'snis': their self-normalised
             importance-sampling average over all the step's dreams, sum_j w_sj T_l(z_l^j) with
@@ -399,9 +403,19 @@ class DDCHelmholtzMachine(Algorithm):
         """Per-column penalties (lambda / N_sleep) of each layer's gradient maps."""
         return [encoding.map_ridge(self.ridge, self.exact_ridge) for encoding in self.encodings]
 
-    def map_solvers(self, features: list[torch.Tensor]) -> list[RidgeSolver]:
-        """The gradient maps' solvers on the dreams' encodings [T_1(z_1^s), ..., T_L(z_L^s)]."""
-        return [RidgeSolver(f, ridge) for f, ridge in zip(features, self.map_ridges())]
+    def map_solvers(self, features: list[torch.Tensor], latents=None) -> list[RidgeSolver]:
+        """The gradient maps' solvers on the dreams' encodings [T_1(z_1^s), ..., T_L(z_L^s)].
+        ``latents``: the dreams' [z_1^s, ...] where ``features`` are :meth:`encode_samples` of
+        them; a small binary layer's solver then works on its distinct states (the same Gram,
+        count-weighted)."""
+        solvers = []
+        for l, (f, ridge) in enumerate(zip(features, self.map_ridges())):
+            distinct = None
+            if latents is not None and self._state_bits and tabulated(self.encodings[l]):
+                states, index = torch.unique(state_codes([latents[l]]), return_inverse=True)
+                distinct = (self.encodings[l].state_table()[states], index)
+            solvers.append(RidgeSolver(f, ridge, distinct))
+        return solvers
 
     @torch.no_grad()
     def expected_encodings(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -610,10 +624,11 @@ class DDCHelmholtzMachine(Algorithm):
         sleep = self.dream() if sleep is None else sleep
         return self._theta_gradient(batch, sleep, encodings, features)
 
-    def _theta_gradient(self, batch, sleep, encodings=None, features=None):
-        """:meth:`theta_gradient` on a checked batch."""
+    def _theta_gradient(self, batch, sleep, encodings=None, features=None, sampled=False):
+        """:meth:`theta_gradient` on a checked batch; ``sampled``: ``features`` are
+        :meth:`encode_samples` of the dreams (the maps may then use distinct states)."""
         features = self.encode(sleep[1:]) if features is None else features
-        solvers = [None, *self.map_solvers(features)]
+        solvers = [None, *self.map_solvers(features, sleep[1:] if sampled else None)]
         r = self.expected_encodings(batch) if encodings is None else encodings
         return wake_gradient(self.model, sleep, solvers, [None, *r], batch)
 
@@ -634,7 +649,7 @@ class DDCHelmholtzMachine(Algorithm):
         r = None
         if self.importance_encodings and self._wake_estimates is not None:
             r = self._blend(self.expected_encodings(batch), *self._wake_estimates)
-        ascent = self._theta_gradient(batch, sleep, r, features=features)
+        ascent = self._theta_gradient(batch, sleep, r, features=features, sampled=True)
         grad_norm = apply_ascent(self.optimizer, self.params, ascent, self.param_names)
         self.steps += 1
         metrics = {"recognition_loss": self.last_recognition_loss, "grad_norm": grad_norm}

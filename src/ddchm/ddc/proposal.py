@@ -177,7 +177,7 @@ def group_by_bottom(encodings, codes, sizes, log_mass, draws: int, dtype) -> Pri
     features = [encode_states(encodings[0], bottom, z1)]
     for l in range(1, len(sizes)):
         encoding, states, width = encodings[l], per_layer[l], 2 ** sizes[l]
-        if _tabulated(encoding) and n_groups * width <= codes.shape[0] * encoding.size:
+        if tabulated(encoding) and n_groups * width <= codes.shape[0] * encoding.size:
             # the mass share of each (group, state of layer l) pair, times the layer's table
             pairs = share.new_zeros(n_groups * width).index_add_(0, group * width + states, share)
             table = encoding.state_table()
@@ -190,7 +190,8 @@ def group_by_bottom(encodings, codes, sizes, log_mass, draws: int, dtype) -> Pri
     return PriorParticles([z1], features, log_group_mass, draws, square_share.to(dtype))
 
 
-def _tabulated(encoding) -> bool:
+def tabulated(encoding) -> bool:
+    """Whether the encoding has a table of T over its layer's states (a small binary layer)."""
     return not encoding.continuous and encoding.dim <= TABLE_MAX_UNITS
 
 
@@ -198,7 +199,7 @@ def encode_states(encoding, states, z=None, dim=None, dtype=None) -> torch.Tenso
     """T(z) of a binary layer's states given by their codes (:func:`state_codes` of the layer
     alone): from the layer's table where it has one, else encoded (``z``: the decoded states if
     at hand, else decoded from the codes as ``dim`` units of ``dtype``)."""
-    if _tabulated(encoding):
+    if tabulated(encoding):
         return encoding.state_table()[states]
     if z is None:
         z = decode_states(states, [dim], dtype)[0]

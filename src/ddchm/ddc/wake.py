@@ -33,12 +33,22 @@ class RidgeSolver:
     float32 was off by 1e-3 relative in the wake gradient at ridge 1e-3 and by 4e-2 at 1e-6
     on a 784-200-200 SBN, and a float32 Gram was not even positive definite at 1e-6 (issue 13).
     F is converted to float64 once per solver, not once per product.
+
+    ``distinct``: (rows, index) with F = rows[index], F's distinct rows and which one each
+    sample has (the dreams of a small binary layer repeat their states). The Gram is then the
+    count-weighted Gram of the distinct rows, and every product runs over them.
     """
 
-    def __init__(self, features: torch.Tensor, ridge):
-        self.features = features
-        self.features64 = features.double()
-        gram = self.features64.T @ self.features64
+    def __init__(self, features: torch.Tensor, ridge, distinct=None):
+        self.features, self.index = features, None
+        if distinct is None:
+            self.features64 = features.double()
+            gram = self.features64.T @ self.features64
+        else:
+            rows, self.index = distinct
+            self.features64 = rows.double()
+            counts = torch.bincount(self.index, minlength=rows.shape[0]).to(self.features64)
+            gram = self.features64.T @ (counts.unsqueeze(1) * self.features64)
         if torch.is_tensor(ridge):
             ridge = ridge.to(gram)
         gram.diagonal().add_(ridge * features.shape[0])
@@ -53,11 +63,17 @@ class RidgeSolver:
 
     def sample_weights(self, rhs: torch.Tensor) -> torch.Tensor:
         """F (F^T F + lambda I)^{-1} rhs: weights on the sleep samples, (N,) or (N, P)."""
-        return (self.features64 @ self.solve(rhs)).to(self.features.dtype)
+        weights = self.features64 @ self.solve(rhs)
+        if self.index is not None:
+            weights = weights[self.index]
+        return weights.to(self.features.dtype)
 
     def fit(self, targets: torch.Tensor) -> torch.Tensor:
         """The ridge map M = (F^T F + lambda I)^{-1} F^T Y, (K x P)."""
-        return self.solve(self.features64.T @ targets.double()).to(targets.dtype)
+        y = targets.double()
+        if self.index is not None:  # F^T Y = rows^T (Y summed over the samples of each row)
+            y = y.new_zeros(self.features64.shape[0], *y.shape[1:]).index_add_(0, self.index, y)
+        return self.solve(self.features64.T @ y).to(targets.dtype)
 
 
 def wake_terms(

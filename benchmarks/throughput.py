@@ -13,7 +13,7 @@ learning rate; RWS and VIMCO use 5 particles. VAE and IWAE need reparameterisabl
 Bernoulli layers are not: they are listed as skipped.
 
 Every algorithm first trains ``--train-first`` steps (batch 100): step times change as a model
-learns. Protocol (shared/docs/benchmarking.md): ``time.process_time`` of one process, one thread;
+learns. Protocol: ``time.process_time`` of one process, one thread;
 a block of steps of each algorithm in turn, the order rotated every repeat, and the median of
 the per-step times over repeats, so slow spells of a shared machine fall on every algorithm
 alike. A float32 matrix product (1024^3) runs in the same rotation: its rate is the machine's

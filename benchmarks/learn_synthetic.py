@@ -20,7 +20,7 @@ With ``--cpu-seconds B`` every algorithm, DDC-HM included, trains for B CPU seco
 comparison at a fixed budget, whatever a step costs).
 
 Usage: python benchmarks/learn_synthetic.py [--algorithms ws,rws,vimco] [--steps N] [--seeds N]
-    [--first-seed K] [--cpu-seconds B]
+    [--first-seed K] [--cpu-seconds B] [--batch-size B]
 The last line of output is JSON: {"ddc_gap_nats": {...}, "gaps": {model: {algorithm: gap}},
 "time_s" (CPU seconds), "wall_s", "budget" (the clock that matched the runs), ...}.
 """
@@ -81,6 +81,8 @@ def run_seed(key: str, seed: int, args, baselines) -> tuple[dict, ...]:
     config = load_config(ROOT / "configs" / f"learn-{key}-ddc.toml")
     if args.steps:
         config["train"]["steps"] = args.steps
+    if args.batch_size:
+        config["train"]["batch_size"] = args.batch_size
     if args.seeds > 1 or args.first_seed:
         config["model"]["seed"] = config["train"]["seed"] = seed
     expected = config["train"]["steps"]
@@ -130,6 +132,9 @@ def main():
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1")
     parser.add_argument(
+        "--batch-size", type=int, default=None, help="every algorithm's batch (config default)"
+    )
+    parser.add_argument(
         "--first-seed", type=int, default=0, help="seeds K..K+N-1 (split a run across processes)"
     )
     parser.add_argument(
@@ -172,6 +177,7 @@ def main():
         if args.cpu_seconds
         else "cpu_seconds (time.process_time, 1 thread): baselines get DDC-HM's"
     )
+    result["batch_size"] = args.batch_size or "config"
     result["seeds"], result["first_seed"] = args.seeds, args.first_seed
     result["machine"] = (
         f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"

@@ -79,11 +79,13 @@ class DDCHelmholtzMachine(Algorithm):
             the wake phase reads importance targets on a small binary chain, else 1).
         recognition_dreams: the recogniser's update uses this many of the step's dreams (None:
             N_sleep / 2 there, else N_sleep). There the wake phase's r is the importance-sampled
-            E[T | x] wherever it rests on ``wake_min_ess`` effective draws, which on sbn-hard
-            and sbn-easy is every point at every step measured (the smallest ESS was 45-9,000),
-            so theta's path does not depend on the recogniser at all (bit for bit, tested); it is
-            trained for inference, evaluation and as the fallback. ``ddchm train`` on the default
-            config (2,000 steps), posterior accuracy mean |E_q[z|x] - E[z|x]| and CPU seconds:
+            E[T | x] wherever it rests on ``wake_min_ess`` effective draws, and the recogniser's
+            r only in proportion below that. On sbn-hard the smallest ESS in a batch was 470-
+            9,300 over 3,000 steps of learning, so theta's path did not depend on the recogniser
+            at all (bit for bit: 4,000 steps with it updated every step or every 4th); on
+            sbn-easy it fell to 10-25 after 1,000 steps, so a few points there read it. It is
+            trained for inference, evaluation and that fallback. ``ddchm train`` on the default
+            config (sbn-hard, 2,000 steps), posterior accuracy mean |E_q[z|x] - E[z|x]|:
             every step on all dreams 0.0070 (the reference), every 2nd on 1,000 0.0100 at ~0.7x
             the time, every step on 500 0.0099, every 4th on all 0.0116, every 10th 0.0173.
         recognition_readout: 'adam' (the network's linear heads trained with its trunk),

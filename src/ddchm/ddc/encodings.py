@@ -45,6 +45,14 @@ from ddchm.validation import check_matrix, make_generator
 TABLE_MAX_UNITS = 12
 
 NONLINEARITIES = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+
+
+def binary_states(codes: torch.Tensor, units: int, dtype) -> torch.Tensor:
+    """The binary rows whose unit k is bit k of each code, (len(codes), units)."""
+    bits = torch.arange(units, device=codes.device)
+    return ((codes.unsqueeze(1) >> bits) & 1).to(dtype)
+
+
 FAMILY_STATS = {"bernoulli": (), "gaussian": (), "laplace": ("abs",)}
 
 
@@ -269,6 +277,12 @@ class LayerEncoding(nn.Module):
         self._revision += 1
         return super().load_state_dict(state_dict, strict=strict)
 
+    @property
+    def tabulated(self) -> bool:
+        """Whether T has a table over the layer's states (:meth:`state_table`): a binary layer
+        of at most ``TABLE_MAX_UNITS`` units."""
+        return not self.continuous and self.dim <= TABLE_MAX_UNITS
+
     @torch.no_grad()
     def state_table(self) -> torch.Tensor:
         """T(z) of every state of a binary layer of at most ``TABLE_MAX_UNITS`` units, (2^dim,
@@ -276,7 +290,7 @@ class LayerEncoding(nn.Module):
         Computed once and reused until the encoding changes (calibrate, whiten,
         load_state_dict, or a new dtype or device). A sum over many particles' T then costs a
         sum over the layer's own states: the particles' weights are first added up by state."""
-        if self.continuous or self.dim > TABLE_MAX_UNITS:
+        if not self.tabulated:
             raise ValueError(
                 f"state_table: needs a binary layer of at most {TABLE_MAX_UNITS} units, "
                 f"got a {self.family} layer of {self.dim}"
@@ -284,8 +298,7 @@ class LayerEncoding(nn.Module):
         key = (self._revision, self.direction.dtype, self.direction.device)
         if self._table_key != key:
             codes = torch.arange(2**self.dim, device=self.direction.device)
-            bits = torch.arange(self.dim, device=codes.device)
-            states = ((codes.unsqueeze(1) >> bits) & 1).to(self.direction.dtype)
+            states = binary_states(codes, self.dim, self.direction.dtype)
             self._table, self._table_key = self(states), key
         return self._table
 

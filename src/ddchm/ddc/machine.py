@@ -39,7 +39,6 @@ from ddchm.ddc.proposal import (
     group_by_bottom,
     log_inclusion_probability,
     state_codes,
-    tabulated,
 )
 from ddchm.ddc.recognition import NetworkRecognition, RidgeRecognition
 from ddchm.ddc.wake import RidgeSolver, heldout_r2, wake_gradient
@@ -399,7 +398,10 @@ class DDCHelmholtzMachine(Algorithm):
         binary layer's encodings are read off its table of every state."""
         if self._state_bits is None:
             return self.encode(latents)
-        return [encode_states(e, state_codes([z]), z) for e, z in zip(self.encodings, latents)]
+        return [
+            encode_states(e, state_codes([z]), z) if e.tabulated else e(z)
+            for e, z in zip(self.encodings, latents)
+        ]
 
     def map_ridges(self) -> list[torch.Tensor]:
         """Per-column penalties (lambda / N_sleep) of each layer's gradient maps."""
@@ -413,7 +415,7 @@ class DDCHelmholtzMachine(Algorithm):
         solvers = []
         for l, (f, ridge) in enumerate(zip(features, self.map_ridges())):
             distinct = None
-            if latents is not None and self._state_bits and tabulated(self.encodings[l]):
+            if latents is not None and self._state_bits and self.encodings[l].tabulated:
                 states, index = torch.unique(state_codes([latents[l]]), return_inverse=True)
                 distinct = (self.encodings[l].state_table()[states], index)
             solvers.append(RidgeSolver(f, ridge, distinct))

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from ddchm.ddc.encodings import TABLE_MAX_UNITS
+from ddchm.ddc.encodings import binary_states
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -177,7 +177,7 @@ def group_by_bottom(encodings, codes, sizes, log_mass, draws: int, dtype) -> Pri
     features = [encode_states(encodings[0], bottom, z1)]
     for l in range(1, len(sizes)):
         encoding, states, width = encodings[l], per_layer[l], 2 ** sizes[l]
-        if tabulated(encoding) and n_groups * width <= codes.shape[0] * encoding.size:
+        if encoding.tabulated and n_groups * width <= codes.shape[0] * encoding.size:
             # the mass share of each (group, state of layer l) pair, times the layer's table
             pairs = share.new_zeros(n_groups * width).index_add_(0, group * width + states, share)
             table = encoding.state_table()
@@ -190,16 +190,11 @@ def group_by_bottom(encodings, codes, sizes, log_mass, draws: int, dtype) -> Pri
     return PriorParticles([z1], features, log_group_mass, draws, square_share.to(dtype))
 
 
-def tabulated(encoding) -> bool:
-    """Whether the encoding has a table of T over its layer's states (a small binary layer)."""
-    return not encoding.continuous and encoding.dim <= TABLE_MAX_UNITS
-
-
 def encode_states(encoding, states, z=None, dim=None, dtype=None) -> torch.Tensor:
     """T(z) of a binary layer's states given by their codes (:func:`state_codes` of the layer
     alone): from the layer's table where it has one, else encoded (``z``: the decoded states if
     at hand, else decoded from the codes as ``dim`` units of ``dtype``)."""
-    if tabulated(encoding):
+    if encoding.tabulated:
         return encoding.state_table()[states]
     if z is None:
         z = decode_states(states, [dim], dtype)[0]
@@ -235,9 +230,7 @@ def distinct_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def decode_states(codes: torch.Tensor, sizes: list[int], dtype) -> list[torch.Tensor]:
     """The binary latents [z_1, ..., z_L] (layer sizes ``sizes``) of :func:`state_codes`."""
-    bits = torch.arange(sum(sizes), device=codes.device)
-    z = ((codes.unsqueeze(1) >> bits) & 1).to(dtype)
-    return list(z.split(sizes, 1))
+    return list(binary_states(codes, sum(sizes), dtype).split(sizes, 1))
 
 
 def log_inclusion_probability(log_p: torch.Tensor, draws: int) -> torch.Tensor:

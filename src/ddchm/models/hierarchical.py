@@ -126,6 +126,7 @@ class HierarchicalModel(nn.Module):
         """Ancestral samples of every layer, returned as ``[x, z_1, ..., z_L]``."""
         return self._ancestral(n, generator, bottom=0)
 
+    @torch.no_grad()
     def sample_latents(self, n: int, generator: torch.Generator | int | None = None):
         """Ancestral samples of the latent layers only, ``[z_1, ..., z_L]`` (no x is drawn)."""
         return self._ancestral(n, generator, bottom=1)[1:]

@@ -149,9 +149,13 @@ def ddc_phases(ddc: DDCHelmholtzMachine, batch: torch.Tensor, clock: dict) -> No
     wake = {}
     update_recogniser = ddc.steps % ddc.recognition_every == 0
     if ddc.importance_encodings or (update_recogniser and ddc.wake_recognition):
-        targets, ess = ddc.wake_targets(batch, sleep, features)
+        particles = None
+        if ddc._state_bits and (ddc.importance_encodings or update_recogniser):
+            particles = ddc._step_particles(sleep)  # drawn afresh or reweighted
+        points = batch if ddc.importance_encodings else batch[: ddc.recognition_points]
+        targets, ess = ddc.wake_targets(points, sleep, features, particles=particles)
         weight = ddc.wake_weight * (ess / ddc.wake_min_ess).clamp(max=1.0)
-        wake = dict(wake_x=batch, wake_targets=targets, wake_weight=weight)
+        wake = dict(wake_x=points, wake_targets=targets, wake_weight=weight)
         tic = lap("wake_importance_targets", tic)
     if update_recogniser:  # every recognition_every-th step, on recognition_dreams dreams
         n = ddc.recognition_dreams

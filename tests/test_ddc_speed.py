@@ -7,7 +7,7 @@ import torch
 
 from ddchm.algorithms.base import apply_ascent
 from ddchm.ddc import DDCHelmholtzMachine
-from ddchm.ddc.encodings import _shift
+from ddchm.ddc.encodings import LayerEncoding, _shift
 from ddchm.models import Bernoulli, Gaussian, HierarchicalModel
 from ddchm.models.exact import pair_log_prob
 
@@ -37,9 +37,14 @@ def old_step(ddc, batch):
 def test_step_with_shared_encodings_matches_the_two_encoding_path():
     model = sbn()
     x = model.sample(50, generator=3)[0]
-    machines = [  # the recogniser's r in the wake phase, as old_step uses
+    machines = [  # the recogniser's r in the wake phase, as old_step uses; fresh wake draws
         DDCHelmholtzMachine(
-            m, n_features=[30, 10], sleep_samples=300, importance_encodings=False, generator=5
+            m,
+            n_features=[30, 10],
+            sleep_samples=300,
+            importance_encodings=False,
+            wake_redraw_every=1,
+            generator=5,
         )
         for m in (model, copy.deepcopy(model))
     ]
@@ -266,3 +271,53 @@ def test_ridge_solver_on_distinct_rows_equals_the_one_on_every_row():
     assert torch.allclose(distinct.fit(targets), plain.fit(targets), atol=1e-5)
     wrong = RidgeSolver(rows[index], ridge, (rows, index.flip(0)))  # the index matters
     assert not torch.allclose(wrong.sample_weights(rhs), plain.sample_weights(rhs), atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "gaussian"])
+def test_drift_from_the_samples_moments_equals_the_projections(family):
+    """A layer narrower than its features measures drift through the samples' d x d moments;
+    the number is the projections' own (computed here from the projections)."""
+    generator = torch.Generator().manual_seed(0)
+    if family == "bernoulli":
+        calibration = (torch.rand(3000, 10, generator=generator) < 0.3).double()
+        moved = (torch.rand(2000, 10, generator=generator) < 0.6).double()
+    else:
+        calibration = torch.randn(3000, 10, generator=generator, dtype=torch.float64)
+        moved = 1.5 * torch.randn(2000, 10, generator=generator, dtype=torch.float64) + 0.4
+    encoding = LayerEncoding(10, 50, family=family, generator=1).double().calibrate(calibration)
+    projections = _shift(
+        moved @ encoding.direction.T, encoding.projection_centre, encoding.projection_scale
+    )
+    if family == "gaussian":
+        units = _shift(moved, encoding.unit_centre, encoding.unit_scale)
+        projections = torch.cat([projections, units])
+    expected = float(projections.median())
+    assert expected > 0.1  # it moved
+    assert encoding.drift(moved) == pytest.approx(expected, rel=1e-9)
+    assert encoding.drift(calibration) < 1e-9
+
+
+def test_a_wide_chains_recogniser_trains_on_the_first_recognition_points_of_the_batch():
+    """Where the wake phase reads the recogniser (a wide chain) its data rows are the first
+    ``recognition_points`` of the batch; where it reads the importance targets (a small chain)
+    they are computed for every point and all of them train it."""
+    for dims, subsampled in (((30, 40, 30), True), ((3, 5, 8), False)):
+        model = sbn(dims=dims, seed=1)
+        x = model.sample(50, generator=2)[0]
+        machines = [
+            DDCHelmholtzMachine(
+                copy.deepcopy(model), n_features=20, sleep_samples=200, generator=4, **kwargs
+            )
+            for kwargs in ({"recognition_points": 10}, {"recognition_points": 50}, {})
+        ]
+        assert machines[0].importance_encodings != subsampled
+        sleep = model.sample(200, generator=5)  # no machine's generator moves
+        machines[0].train_recognition(sleep, x)
+        machines[1].train_recognition(sleep, x[:10] if subsampled else x)
+        machines[2].train_recognition(sleep, x)
+        first = list(machines[0].recognition.parameters())
+        for other, equal in ((machines[1], True), (machines[2], not subsampled)):
+            same = all(torch.equal(a, b) for a, b in zip(first, other.recognition.parameters()))
+            assert same == equal, (dims, equal)
+    with pytest.raises(ValueError, match="recognition_points"):
+        DDCHelmholtzMachine(sbn(), recognition_points=0)

@@ -116,7 +116,8 @@ def test_grouping_by_the_bottom_state_is_an_exact_regrouping(dims):
     model = HierarchicalModel(layers)
     x = model.sample(40, generator=1)[0]
     ddc = DDCHelmholtzMachine(model, n_features=[20] * (len(dims) - 1), generator=0)
-    codes, log_mass, draws = ddc._distinct_states(model.sample(3000, generator=2), None)
+    codes, _, _, _, draws = drawn = ddc._distinct_states(model.sample(3000, generator=2), None)
+    log_mass = drawn.log_mass
     sizes = list(dims[1:])
     particles = group_by_bottom(ddc.encodings, codes, sizes, log_mass, draws, x.dtype)
     assert particles.latents[0].shape[0] < codes.shape[0]  # fewer bottom states than states
@@ -159,7 +160,8 @@ def test_collapsed_targets_are_closer_to_the_exact_ones_than_plain_draws():
     for seed in range(3):
         sleep = model.sample(2000, generator=10 + seed)
         ddc.wake_dreams = 2000  # no extra dreams: the step's own
-        codes, log_mass, draws = ddc._distinct_states(sleep, None)
+        drawn = ddc._distinct_states(sleep, None)
+        codes, log_mass, draws = drawn.codes, drawn.log_mass, drawn.draws
         assert codes.shape[0] < 600 and draws == 2000
         targets, _ = ddc._weighted_targets(x, ddc.prior_particles(sleep), None)
         errors["collapsed"].append(target_error(targets, reference, ddc.encodings, x))
@@ -218,7 +220,8 @@ def test_extra_dreams_stop_at_the_distinct_state_budget():
         for parameter in model.parameters():
             parameter.zero_()
     ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=1000, generator=0)
-    codes, _, draws = ddc._distinct_states(ddc.dream(), None)
+    drawn = ddc._distinct_states(ddc.dream(), None)
+    codes, draws = drawn.codes, drawn.draws
     assert draws < ddc.wake_dreams
     assert codes.shape[0] <= 4 * 1000 * 1.1
 
@@ -233,3 +236,78 @@ def test_defaults_follow_the_chain():
     assert ddc._state_bits is None and not ddc.importance_encodings and ddc.wake_dreams == 500
     with pytest.raises(ValueError, match="wake_dreams"):
         DDCHelmholtzMachine(small, sleep_samples=500, wake_dreams=100)
+
+
+def test_reused_draws_are_reweighted_to_the_current_prior():
+    """Between redraws (``wake_redraw_every``) a step's particles are the last draw's states
+    with weights p_theta(z) / pi(z): theta's current prior, the draw's inclusion chances. After
+    theta moves, the targets stay as close to the exact ones as a fresh draw's; keeping the old
+    weights does not."""
+    model = make_truth("sbn-hard").model
+    x = model.sample(300, generator=3)[0]
+    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], wake_redraw_every=3, generator=0)
+    first = ddc._step_particles(model.sample(2000, generator=4))
+    drawn, groups = ddc._wake_states
+    with torch.no_grad():  # theta moves
+        generator = torch.Generator().manual_seed(6)
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    reference = exact_reference(model)
+    ddc.steps = 1
+    reused = ddc._step_particles(model.sample(2000, generator=5))  # these dreams are not read
+    assert ddc._wake_states[0] is drawn
+    assert torch.equal(reused.latents[0], first.latents[0])
+    log_mass = model.log_prior(drawn.latents).detach() - drawn.log_inclusion
+    manual = group_by_bottom(
+        ddc.encodings, drawn.codes, [10, 4], log_mass.float(), drawn.draws, x.dtype
+    )
+    assert torch.allclose(reused.log_mass, manual.log_mass)
+    errors = {}
+    for name, particles in (("reused", reused), ("old weights", first)):
+        targets, _ = ddc._weighted_targets(x, particles, None)
+        errors[name] = target_error(targets, reference, ddc.encodings, x)
+    ddc.steps = 3  # a redraw step
+    fresh = ddc._step_particles(model.sample(2000, generator=7))
+    assert ddc._wake_states[0] is not drawn
+    targets, _ = ddc._weighted_targets(x, fresh, None)
+    errors["fresh"] = target_error(targets, reference, ddc.encodings, x)
+    assert errors["reused"] < 2 * errors["fresh"], errors  # measured 0.00066 / 0.00045
+    assert errors["old weights"] > 5 * errors["reused"], errors
+
+
+def test_a_run_that_reuses_draws_resumes_bit_for_bit():
+    """The reused draw travels in the state dict: 2 + 3 steps through a checkpoint, with a
+    redraw every 3rd, equal 5 straight steps."""
+    truth = make_truth("sbn-hard")
+    x = truth.model.sample(200, generator=1)[0]
+
+    def machine(seed_model):
+        torch.manual_seed(seed_model)
+        model = HierarchicalModel([Bernoulli(4), Bernoulli(10, 4), Bernoulli(8, 10)])
+        return DDCHelmholtzMachine(
+            model, n_features=[20, 10], sleep_samples=300, wake_redraw_every=3, generator=4
+        )
+
+    straight, first = machine(0), machine(0)
+    for step in range(5):
+        straight.step(x[40 * step : 40 * step + 40])
+    for step in range(2):
+        first.step(x[40 * step : 40 * step + 40])
+    resumed = machine(0)
+    resumed.model.load_state_dict(first.model.state_dict())
+    resumed.load_state_dict(first.state_dict())
+    for step in range(2, 5):
+        resumed.step(x[40 * step : 40 * step + 40])
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    # without the saved draw the resumed run would redraw at step 2 and part ways
+    lost = machine(0)
+    lost.model.load_state_dict(first.model.state_dict())
+    state = first.state_dict()
+    state["wake_states"] = None
+    lost.load_state_dict(state)
+    for step in range(2, 5):
+        lost.step(x[40 * step : 40 * step + 40])
+    assert any(
+        not torch.equal(a, b) for a, b in zip(straight.model.parameters(), lost.model.parameters())
+    )

@@ -155,16 +155,50 @@ class PriorParticles(NamedTuple):
     square_share: torch.Tensor | None = None
 
 
-def group_by_bottom(encodings, codes, sizes, log_mass, draws: int, dtype) -> PriorParticles:
+class DrawnStates(NamedTuple):
+    """Distinct binary states drawn from the prior (``DDCHelmholtzMachine._distinct_states``):
+    their :func:`state_codes`, the decoded latents [z_1, ..., z_L], log p and log pi (the chance
+    that the S draws include each), and S. A state's weight in a sum over states is p / pi."""
+
+    codes: torch.Tensor
+    latents: list
+    log_p: torch.Tensor
+    log_inclusion: torch.Tensor
+    draws: int
+
+    @property
+    def log_mass(self) -> torch.Tensor:
+        return (self.log_p - self.log_inclusion).to(self.latents[0].dtype)
+
+
+class BottomGroups(NamedTuple):
+    """Distinct states grouped by their bottom layer (:func:`bottom_groups`): each layer's own
+    codes, the distinct bottom codes, each state's group and the decoded bottom states."""
+
+    per_layer: list
+    bottom: torch.Tensor
+    group: torch.Tensor
+    z1: torch.Tensor
+
+
+def bottom_groups(codes: torch.Tensor, sizes: list[int], dtype) -> BottomGroups:
+    per_layer = layer_codes(codes, sizes)
+    bottom, group = torch.unique(per_layer[0], return_inverse=True)
+    return BottomGroups(per_layer, bottom, group, decode_states(bottom, sizes[:1], dtype)[0])
+
+
+def group_by_bottom(
+    encodings, codes, sizes, log_mass, draws: int, dtype, groups: BottomGroups | None = None
+) -> PriorParticles:
     """Distinct binary states (their :func:`state_codes`; layer sizes ``sizes``; log_mass the
-    log of each state's weight p / pi) as :class:`PriorParticles` grouped by the bottom layer.
+    log of each state's weight p / pi) as :class:`PriorParticles` grouped by the bottom layer
+    (``groups``: the states' :func:`bottom_groups` if at hand).
 
     A data point's weight on a state is p(x | z_1) times the state's mass: it depends on the
     state through z_1 only. So the N x U sums of the wake targets regroup exactly into N x U_1
     sums over the distinct z_1 (U_1 <= 2^d_1), each with its group's total mass and the
     mass-weighted mean of the upper layers' encodings, computed once for all data points."""
-    per_layer = layer_codes(codes, sizes)
-    bottom, group = torch.unique(per_layer[0], return_inverse=True)
+    per_layer, bottom, group, z1 = groups or bottom_groups(codes, sizes, dtype)
     n_groups = bottom.shape[0]
     log_mass = log_mass.double()
     top = log_mass.max()
@@ -173,7 +207,6 @@ def group_by_bottom(encodings, codes, sizes, log_mass, draws: int, dtype) -> Pri
     share = mass / group_mass[group].clamp_min(torch.finfo(torch.float64).tiny)
     stands_for = (log_mass.exp() * draws).clamp(min=1.0)  # a state stands for >= 1 draw
     square_share = share.new_zeros(n_groups).index_add_(0, group, share**2 / stands_for)
-    z1 = decode_states(bottom, sizes[:1], dtype)[0]
     features = [encode_states(encodings[0], bottom, z1)]
     for l in range(1, len(sizes)):
         encoding, states, width = encodings[l], per_layer[l], 2 ** sizes[l]

@@ -563,22 +563,20 @@ class DDCHelmholtzMachine(Algorithm):
         last draw's distinct states reweighted by the current prior, p_theta(z) / pi(z) with
         the inclusion probabilities pi of the draw (a Horvitz-Thompson sum over a set drawn
         under an earlier theta is still unbiased for the current one)."""
+        sizes, dtype = [z.shape[1] for z in sleep[1:]], sleep[1].dtype
         if self._wake_states is None or self.steps % self.wake_redraw_every == 0:
             drawn = self._distinct_states(sleep, self.generator)
-            sizes = [z.shape[1] for z in drawn.latents]
-            groups = bottom_groups(drawn.codes, sizes, drawn.latents[0].dtype)
-            self._wake_states = (drawn, groups)
-        else:
-            drawn, groups = self._wake_states
+            self._wake_states = (drawn, bottom_groups(drawn.codes, sizes, dtype))
+        drawn, groups = self._wake_states
+        if drawn.log_p is None or self.steps % self.wake_redraw_every:  # theta has moved
             drawn = drawn._replace(log_p=self.model.log_prior(drawn.latents))
-        sizes = [z.shape[1] for z in drawn.latents]
         return group_by_bottom(
             self.encodings,
             drawn.codes,
             sizes,
             drawn.log_mass,
             drawn.draws,
-            drawn.latents[0].dtype,
+            dtype,
             groups,
         )
 

@@ -273,6 +273,31 @@ def test_ridge_solver_on_distinct_rows_equals_the_one_on_every_row():
     assert not torch.allclose(wrong.sample_weights(rhs), plain.sample_weights(rhs), atol=1e-3)
 
 
+def test_affine_sum_through_the_maps_equals_the_sum_over_samples():
+    """affine_sum: sum_s w_s^T (W z_s + b) with w = sample_weights(rhs), through the K rows of
+    the map; value and gradients as the explicit sum's, on a plain and a distinct-row solver."""
+    from ddchm.ddc.wake import RidgeSolver
+
+    generator = torch.Generator().manual_seed(1)
+    rows = torch.rand(30, 10, generator=generator, dtype=torch.float64)
+    index = torch.randint(30, (400,), generator=generator)
+    inputs = (torch.rand(30, 6, generator=generator) < 0.5).double()[index]
+    ridge = torch.full((10,), 1e-3, dtype=torch.float64)
+    rhs = torch.randn(10, 9, generator=generator, dtype=torch.float64)
+    weight = torch.randn(9, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(9, generator=generator, dtype=torch.float64, requires_grad=True)
+    plain = RidgeSolver(rows[index], ridge)
+    explicit = (plain.sample_weights(rhs) * (inputs @ weight.T + bias)).sum()
+    expected = torch.autograd.grad(explicit, [weight, bias])
+    for solver in (plain, RidgeSolver(rows[index], ridge, (rows, index))):
+        value = solver.affine_sum(rhs, inputs, weight, bias)
+        assert float(value.detach()) == pytest.approx(float(explicit.detach()), rel=1e-10)
+        for got, want in zip(torch.autograd.grad(value, [weight, bias]), expected):
+            assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    # the bias enters once per sample: dropping the counts would be wrong
+    assert float(expected[1].abs().sum()) > 1e-3
+
+
 @pytest.mark.parametrize("family", ["bernoulli", "gaussian"])
 def test_drift_from_the_samples_moments_equals_the_projections(family):
     """A layer narrower than its features measures drift through the samples' d x d moments;

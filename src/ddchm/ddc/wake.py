@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ddchm.models import HierarchicalModel
+from ddchm.models import Bernoulli, HierarchicalModel
 
 
 class RidgeSolver:
@@ -68,6 +68,25 @@ class RidgeSolver:
             weights = weights[self.index]
         return weights.to(self.features.dtype)
 
+    def affine_sum(self, rhs, inputs, weight, bias) -> torch.Tensor:
+        """sum_s w_s^T (weight inputs_s + bias) with w = :meth:`sample_weights` (rhs): a
+        scalar of (weight, bias) for autograd, computed as <solution, F^T inputs weight^T +
+        F^T 1 bias^T> through the K rows of the map, without the (N x P) weights: the observation
+        term of an MNIST-size step formed a 2,000 x 784 float64 product there (issue 13)."""
+        solution = self.solve(rhs)  # (K, P)
+        inputs = inputs.double()
+        if self.index is None:
+            totals, counts = self.features64.T @ inputs, self.features64.sum(0)
+        else:  # F^T inputs = rows^T (inputs summed over the samples of each row)
+            summed = inputs.new_zeros(self.features64.shape[0], inputs.shape[1])
+            summed.index_add_(0, self.index, inputs)
+            totals = self.features64.T @ summed
+            counts = self.features64.T @ torch.bincount(
+                self.index, minlength=self.features64.shape[0]
+            ).to(inputs)
+        mapped = totals @ weight.double().T + counts.unsqueeze(1) * bias.double()
+        return (solution * mapped).sum().to(weight.dtype)
+
     def fit(self, targets: torch.Tensor) -> torch.Tensor:
         """The ridge map M = (F^T F + lambda I)^{-1} F^T Y, (K x P)."""
         y = targets.double()
@@ -108,9 +127,14 @@ def wake_terms(
     # Observation layer: E_q[J_0]^T S_0(x) via G = F_1 (F^T F + lambda I)^{-1} R_1^T S_0(X) / N_w
     observation = layers[0]
     data_stats = observation.sufficient_stats(x)
-    G = solvers[1].sample_weights(encodings_of_batch[1].T @ data_stats / x.shape[0])
+    rhs = encodings_of_batch[1].T @ data_stats / x.shape[0]
     eta = observation.natural_params(sleep[1])
-    terms["observation"] = (G * eta).sum() - (weights[1] * observation.log_partition(eta)).sum()
+    partition = (weights[1] * observation.log_partition(eta)).sum()
+    if isinstance(observation, Bernoulli):  # eta = W z_1 + b: sum_s G_s^T eta_s via the maps
+        stats_term = solvers[1].affine_sum(rhs, sleep[1], observation.weight, observation.bias)
+    else:
+        stats_term = (solvers[1].sample_weights(rhs) * eta).sum()
+    terms["observation"] = stats_term - partition
 
     # Latent conditionals: w^(l) g_l^T S_l(z_l) - w^(l+1) Phi_l(g_l)            (eqs 9-11)
     terms["latent_stats"] = terms["latent_partition"] = x.new_zeros(())

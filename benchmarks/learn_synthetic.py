@@ -17,10 +17,11 @@ reported as the mean over seeds, with their standard errors under ``gap_se``, an
 under ``per_seed``.
 
 With ``--cpu-seconds B`` every algorithm, DDC-HM included, trains for B CPU seconds (the
-comparison at a fixed budget, whatever a step costs).
+comparison at a fixed budget, whatever a step costs). ``--lr`` sets every algorithm's theta
+learning rate (Adam; default the config's 0.02), ``--batch-size`` every algorithm's batch.
 
 Usage: python benchmarks/learn_synthetic.py [--algorithms ws,rws,vimco] [--steps N] [--seeds N]
-    [--first-seed K] [--cpu-seconds B] [--batch-size B]
+    [--first-seed K] [--cpu-seconds B] [--batch-size B] [--lr R]
 The last line of output is JSON: {"ddc_gap_nats": {...}, "gaps": {model: {algorithm: gap}},
 "time_s" (CPU seconds), "wall_s", "budget" (the clock that matched the runs), ...}.
 """
@@ -83,6 +84,8 @@ def run_seed(key: str, seed: int, args, baselines) -> tuple[dict, ...]:
         config["train"]["steps"] = args.steps
     if args.batch_size:
         config["train"]["batch_size"] = args.batch_size
+    if args.lr:
+        config["algorithm"]["lr"] = args.lr
     if args.seeds > 1 or args.first_seed:
         config["model"]["seed"] = config["train"]["seed"] = seed
     expected = config["train"]["steps"]
@@ -138,6 +141,9 @@ def main():
         "--first-seed", type=int, default=0, help="seeds K..K+N-1 (split a run across processes)"
     )
     parser.add_argument(
+        "--lr", type=float, default=None, help="every algorithm's theta rate (config default)"
+    )
+    parser.add_argument(
         "--cpu-seconds",
         type=float,
         default=None,
@@ -178,6 +184,7 @@ def main():
         else "cpu_seconds (time.process_time, 1 thread): baselines get DDC-HM's"
     )
     result["batch_size"] = args.batch_size or "config"
+    result["lr"] = args.lr or "config"
     result["seeds"], result["first_seed"] = args.seeds, args.first_seed
     result["machine"] = (
         f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"

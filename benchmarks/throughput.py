@@ -3,7 +3,7 @@
 Models (float32, one thread):
 
 - ``hard``: configs/learn-hard-ddc.toml (the sbn-hard truth's 4-10-8 shape, batch 100, DDC-HM
-  with K = 200 / 50 and 2,000 dreams);
+  with the library defaults: K = 100 random features a layer, 2,000 dreams);
 - ``mnist-b100`` / ``mnist-b1000``: an MNIST-size sigmoid belief net, 784-200-200 Bernoulli,
   on binarised MNIST (the offline subset; random binary pixels if it is missing), batch 100 and
   1000, DDC-HM with the library defaults (K = 100 random features a layer, 2,000 dreams).

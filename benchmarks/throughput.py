@@ -152,7 +152,7 @@ def ddc_phases(ddc: DDCHelmholtzMachine, batch: torch.Tensor, clock: dict) -> No
         particles = None
         if ddc._state_bits and (ddc.importance_encodings or update_recogniser):
             particles = ddc._step_particles(sleep)  # drawn afresh or reweighted
-        points = batch if ddc.importance_encodings else batch[: ddc.recognition_points]
+        points = ddc.recognition_rows(batch)
         targets, ess = ddc.wake_targets(points, sleep, features, particles=particles)
         weight = ddc.wake_weight * (ess / ddc.wake_min_ess).clamp(max=1.0)
         wake = dict(wake_x=points, wake_targets=targets, wake_weight=weight)

@@ -662,8 +662,7 @@ class DDCHelmholtzMachine(Algorithm):
             wake = {}
             if self.wake_recognition and data is not None:
                 given = particles if step == 0 else None
-                if not self.importance_encodings:  # the first points: a random subset
-                    data = data[: self.recognition_points]
+                data = self.recognition_rows(data)
                 wake_targets, ess = self.wake_targets(data, dreams, targets, particles=given)
                 if step == 0:
                     self._wake_estimates = (wake_targets, ess)
@@ -676,6 +675,12 @@ class DDCHelmholtzMachine(Algorithm):
             value = self.recognition.fit_step(dreams[0][:n], [t[:n] for t in regressed], **wake)
             loss = value if loss is None else loss
         return loss
+
+    def recognition_rows(self, batch: torch.Tensor) -> torch.Tensor:
+        """The batch's points whose importance targets train the recogniser: all of them where
+        the wake phase reads the targets (``importance_encodings``), else the first
+        ``recognition_points`` (a random subset: the batch is a random sample)."""
+        return batch if self.importance_encodings else batch[: self.recognition_points]
 
     def theta_gradient(
         self,

@@ -75,24 +75,20 @@ class RidgeSolver:
         term of an MNIST-size step formed a 2,000 x 784 float64 product there (issue 13)."""
         solution = self.solve(rhs)  # (K, P)
         inputs = inputs.double()
-        if self.index is None:
-            totals, counts = self.features64.T @ inputs, self.features64.sum(0)
-        else:  # F^T inputs = rows^T (inputs summed over the samples of each row)
-            summed = inputs.new_zeros(self.features64.shape[0], inputs.shape[1])
-            summed.index_add_(0, self.index, inputs)
-            totals = self.features64.T @ summed
-            counts = self.features64.T @ torch.bincount(
-                self.index, minlength=self.features64.shape[0]
-            ).to(inputs)
+        totals = self._transposed_product(inputs)
+        counts = self._transposed_product(inputs.new_ones(inputs.shape[0]))  # F^T 1
         mapped = totals @ weight.double().T + counts.unsqueeze(1) * bias.double()
         return (solution * mapped).sum().to(weight.dtype)
 
     def fit(self, targets: torch.Tensor) -> torch.Tensor:
         """The ridge map M = (F^T F + lambda I)^{-1} F^T Y, (K x P)."""
-        y = targets.double()
-        if self.index is not None:  # F^T Y = rows^T (Y summed over the samples of each row)
+        return self.solve(self._transposed_product(targets.double())).to(targets.dtype)
+
+    def _transposed_product(self, y: torch.Tensor) -> torch.Tensor:
+        """F^T y (float64 y); on distinct rows, rows^T (y summed over the samples of each row)."""
+        if self.index is not None:
             y = y.new_zeros(self.features64.shape[0], *y.shape[1:]).index_add_(0, self.index, y)
-        return self.solve(self.features64.T @ y).to(targets.dtype)
+        return self.features64.T @ y
 
 
 def wake_terms(

@@ -9,7 +9,9 @@ after and compare the JSON (``--compare OLD.json`` does it and exits 1 on a diff
 
 Configs (the library's defaults for each model): the embedded default (``sbn-hard``),
 ``configs/learn-linear-gaussian-ddc.toml``, ``reproduce/mnist-sbn2.toml`` (20-100-784 on the
-offline MNIST subset, ``ddchm data offline-mnist`` first) and the same at 20-30-784.
+offline MNIST subset, ``ddchm data offline-mnist`` first), the same at 20-30-784, and that
+chain with ``wake_encodings = 'collapsed'`` (the phase it had before the wake phase was chosen
+by measurement).
 The last line of output is JSON.
 """
 
@@ -43,6 +45,11 @@ CASES = {
         },
     ),
 }
+# the same chain with the wake phase the unit-count rule gave it before the named phases
+CASES["mnist-20-30-784-collapsed"] = (
+    MNIST,
+    {**CASES["mnist-20-30-784"][1], "algorithm": {"wake_encodings": "collapsed"}},
+)
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -64,7 +71,8 @@ def run_case(name: str, steps: int) -> dict:
     algorithm = result["algorithm"]
     return {
         "params_sha256": fingerprint(result["model"]),
-        "wake_phase": str(getattr(algorithm, "wake_phase", "n/a")),
+        "wake_phase": algorithm.wake_phase.name,
+        "wake_decisions": algorithm.wake_phase.decisions,
         "cpu_s": round(time.process_time() - start, 1),
     }
 

@@ -51,7 +51,9 @@ def ddc_cosines(truth_name, args):
     target = exact.expected_gradient(x)
     out = {}
     # (a) oracle encodings: the gradient maps' own error
-    ddc = DDCHelmholtzMachine(model, n_features=[200, 50], ridge=args.oracle_ridge, generator=2)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[200, 50], ridge=args.oracle_ridge, generator=2
+    )
     dreams = ddc.dream(args.map_samples)
     solvers = [None] + [RidgeSolver(f, args.oracle_ridge) for f in ddc.encode(dreams[1:])]
     r = [None] + oracle_encodings(exact, ddc.encodings, x)
@@ -59,7 +61,7 @@ def ddc_cosines(truth_name, args):
     # (b) learned recogniser, theta fixed; float32 as in training
     model32 = perturbed_model(truth.model, 0.5, seed=1).float()
     for label, whiten in (("learned", False), ("learned_whitened", True)):
-        ddc = DDCHelmholtzMachine(
+        ddc = DDCHelmholtzMachine.from_options(
             model32,
             n_features=[200, 50],
             sleep_samples=1000,

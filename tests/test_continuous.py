@@ -8,6 +8,7 @@ import torch
 
 from ddchm.data import make_truth
 from ddchm.ddc import DDCHelmholtzMachine, LayerEncoding, wake_terms
+from ddchm.ddc.recogniser_training import sleep_targets
 from ddchm.evaluate.gradients import perturbed_model
 from ddchm.models import (
     ExactInference,
@@ -110,7 +111,7 @@ def oracle_gradient(
     x = truth.splits(n_points, 0, 0, seed=7)["train"]
     model = perturbed_model(truth.model, 0.5, seed=1)
     reference = exact_reference(model)
-    ddc = DDCHelmholtzMachine(
+    ddc = DDCHelmholtzMachine.from_options(
         model, n_features=[100, 50], ridge=ridge, exact_ridge=exact_ridge, generator=2
     )
     dreams = ddc.dream(n_dreams)
@@ -178,7 +179,7 @@ def test_diagnostics_do_not_change_the_run():
     x = model.sample(100, generator=1)[0]
     runs = []
     for every in (0, 2):
-        ddc = DDCHelmholtzMachine(
+        ddc = DDCHelmholtzMachine.from_options(
             copy.deepcopy(model),
             n_features=[20, 10],
             sleep_samples=100,
@@ -198,7 +199,7 @@ def test_moment_heads_give_consistent_second_moments_and_survive_rescaling():
     from ddchm.ddc.recognition import MomentHead
 
     model = make_truth("linear-gaussian").model.float()
-    ddc = DDCHelmholtzMachine(
+    ddc = DDCHelmholtzMachine.from_options(
         model, n_features=[20, 10], sleep_samples=500, recognition_readout="adam", generator=0
     )
     heads = ddc.recognition.heads
@@ -247,10 +248,12 @@ def test_wake_targets_converge_to_exact_expected_encodings(truth_name):
     """Importance-weighted dream encodings estimate E[T_l(z_l) | x] for data x."""
     truth = make_truth(truth_name)
     model = truth.model
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=100, generator=0)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[20, 10], sleep_samples=100, generator=0
+    )
     x = truth.splits(20, 0, 0, seed=3)["train"]
     dreams = model.sample(200_000, generator=4)
-    targets, ess = ddc.wake_targets(x, dreams)
+    targets, ess, *_ = ddc.wake_targets(x, dreams)
     reference = exact_reference(model)
     for l, (target, encoding) in enumerate(zip(targets, ddc.encodings), start=1):
         exact = reference.expectation(x, encoding, layer=l)
@@ -263,10 +266,12 @@ def test_sleep_targets_estimate_the_posterior_expectation_at_each_dream():
     """SNIS sleep targets are E[T_l | x^s] at the dreams' own x^s (up to Monte Carlo error) and
     far closer to it than the dreams' raw encodings T_l(z_l^s), whose spread is the posterior's."""
     model = make_truth("sbn-hard").model
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=100, generator=0)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[20, 10], sleep_samples=100, generator=0
+    )
     dreams = model.sample(20_000, generator=5)
     features = ddc.encode(dreams[1:])
-    targets, ess = ddc.sleep_targets(dreams, features, chunk=4096)
+    targets, ess = sleep_targets(ddc.model, dreams, features, chunk=4096)
     assert ess > 20
     reference = exact_reference(model)
     rows = slice(0, 300)
@@ -280,10 +285,14 @@ def test_sleep_targets_estimate_the_posterior_expectation_at_each_dream():
 def test_sleep_targets_option_is_checked_and_samples_mode_regresses_raw_encodings():
     model = make_truth("sbn-hard").model
     with pytest.raises(ValueError, match="sleep_targets"):
-        DDCHelmholtzMachine(model, sleep_targets="smooth")
-    raw = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=50, sleep_targets="samples")
-    raw.train_recognition(raw.dream())
-    assert raw.last_sleep_ess != raw.last_sleep_ess  # NaN: no SNIS table was built
+        DDCHelmholtzMachine.from_options(model, sleep_targets="smooth")
+    raw = DDCHelmholtzMachine.from_options(
+        model, n_features=[20, 10], sleep_samples=50, sleep_targets="samples"
+    )
+    raw.recogniser_training.fit(raw.dream())
+    assert (
+        raw.recogniser_training.last_sleep_ess != raw.recogniser_training.last_sleep_ess
+    )  # NaN: no SNIS table was built
 
 
 def test_centred_products_round_trip_and_equal_the_residual_outer_product():
@@ -320,7 +329,9 @@ def test_mean_field_proposal_reads_moments_and_its_densities_match_torch():
     from ddchm.ddc.proposal import MeanFieldProposal
 
     model = make_truth("mixed").model
-    ddc = DDCHelmholtzMachine(model, n_features=[10, 10], sleep_samples=100, generator=0)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[10, 10], sleep_samples=100, generator=0
+    )
     r = _moment_encodings(ddc, model, 6, generator=1)
     proposal = MeanFieldProposal(ddc.encodings, r, inflation=1.5)
     # continuous layer 1: mean E[z], sd 1.5 sqrt(Var z), both from the exact block
@@ -364,12 +375,12 @@ def test_wake_particles_reach_data_the_dreams_miss(monkeypatch):
     reference = exact_reference(model)
 
     def errors(points, particles, dreams=1000, seed=3):
-        ddc = DDCHelmholtzMachine(
+        ddc = DDCHelmholtzMachine.from_options(
             model, n_features=[20, 10], wake_particles=particles, generator=seed
         )
         exact = [reference.expectation(points, e, layer=l) for l, e in enumerate(ddc.encodings, 1)]
         monkeypatch.setattr(ddc, "expected_encodings", lambda data: exact)
-        targets, ess = ddc.wake_targets(points, ddc.dream(dreams))
+        targets, ess, *_ = ddc.wake_targets(points, ddc.dream(dreams))
         out = []
         for target, truth_r, encoding in zip(targets, exact, ddc.encodings):
             block = slice(0, encoding.n_exact)
@@ -388,7 +399,7 @@ def test_wake_particles_reach_data_the_dreams_miss(monkeypatch):
 
 def test_whitened_encodings_give_back_their_exact_block():
     model = make_truth("mixed").model
-    ddc = DDCHelmholtzMachine(model, n_features=[10, 10], whiten=True, generator=0)
+    ddc = DDCHelmholtzMachine.from_options(model, n_features=[10, 10], whiten=True, generator=0)
     latents = model.sample(40, generator=1)[1:]
     for encoding, z in zip(ddc.encodings, latents):
         assert encoding.whitened
@@ -400,7 +411,9 @@ def test_whitened_encodings_give_back_their_exact_block():
 def test_wake_particles_default_to_continuous_models_and_are_checked():
     def particles(name, **kwargs):
         model = make_truth(name).model
-        return DDCHelmholtzMachine(model, n_features=[10, 10], **kwargs).wake_particles
+        return DDCHelmholtzMachine.from_options(
+            model, n_features=[10, 10], **kwargs
+        ).options.wake.wake_particles
 
     assert particles("sbn-hard") == 0
     assert particles("sbn-gauss") == particles("laplace-chain") == 100
@@ -421,7 +434,7 @@ def test_recognition_proposal_estimates_log_px_where_its_moments_are_right(monke
     model = perturbed_model(truth.model, 0.5, seed=1)
     x = truth.splits(40, 0, 0, seed=7)["train"]
     reference = exact_reference(model)
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], generator=0)
+    ddc = DDCHelmholtzMachine.from_options(model, n_features=[20, 10], generator=0)
     exact_r = [reference.expectation(x, e, layer=l) for l, e in enumerate(ddc.encodings, 1)]
     monkeypatch.setattr(ddc, "expected_encodings", lambda data: exact_r)
     truth_lp = reference.log_marginal(x).detach()
@@ -436,27 +449,33 @@ def test_recognition_proposal_estimates_log_px_where_its_moments_are_right(monke
 
 def test_importance_encodings_replace_r_where_the_targets_rest_on_enough_particles():
     truth = make_truth("sbn-gauss")
-    ddc = DDCHelmholtzMachine(truth.model, n_features=[20, 10], sleep_samples=500, generator=0)
-    assert ddc.importance_encodings  # the default on a model with a continuous layer
+    ddc = DDCHelmholtzMachine.from_options(
+        truth.model, n_features=[20, 10], sleep_samples=500, generator=0
+    )
+    assert ddc.wake_phase.reads_targets  # the default on a model with a continuous layer
     x = truth.splits(30, 0, 0, seed=2)["train"]
     sleep = ddc.dream()
     draws = torch.Generator().manual_seed(5)
     blended = ddc.wake_phase_encodings(x, sleep, generator=draws)
-    targets, ess = ddc.wake_targets(x, sleep, generator=torch.Generator().manual_seed(5))
+    targets, ess, *_ = ddc.wake_targets(x, sleep, generator=torch.Generator().manual_seed(5))
     r = ddc.expected_encodings(x)
-    alpha = (ess / ddc.wake_min_ess).clamp(max=1.0).unsqueeze(1)
+    alpha = (ess / ddc.wake_phase.min_ess).clamp(max=1.0).unsqueeze(1)
     assert (alpha == 1).any() and (alpha < 1).any()
     for got, t, rl in zip(blended, targets, r):
         assert torch.allclose(got, alpha * t + (1 - alpha) * rl)
     # the machine's own step takes the same path; without the option r is the recogniser's
     ddc.step(x)
-    plain = DDCHelmholtzMachine(truth.model, n_features=[20, 10], importance_encodings=False)
-    assert not plain.importance_encodings
+    plain = DDCHelmholtzMachine.from_options(
+        truth.model, n_features=[20, 10], wake_encodings="amortised"
+    )
+    assert not plain.wake_phase.reads_targets
     got = plain.wake_phase_encodings(x)
     assert all(torch.equal(a, b) for a, b in zip(got, plain.expected_encodings(x)))
     # on by default on small binary chains too (tests/test_wake_targets.py), off on the ridge
-    assert DDCHelmholtzMachine(make_truth("sbn-hard").model).importance_encodings
-    ridge = DDCHelmholtzMachine(make_truth("sbn-hard").model, recognition="ridge")
-    assert not ridge.importance_encodings
-    with pytest.raises(ValueError, match="importance_encodings"):
-        DDCHelmholtzMachine(truth.model, importance_encodings=True, wake_recognition=False)
+    assert DDCHelmholtzMachine.from_options(make_truth("sbn-hard").model).wake_phase.reads_targets
+    ridge = DDCHelmholtzMachine.from_options(make_truth("sbn-hard").model, recognition="ridge")
+    assert not ridge.wake_phase.reads_targets
+    with pytest.raises(ValueError, match="wake_encodings"):
+        DDCHelmholtzMachine.from_options(
+            truth.model, wake_encodings="importance", wake_recognition=False
+        )

@@ -34,7 +34,7 @@ def test_section7_weighted_form_equals_explicit_regressions(observation):
             make_layer(observation, 4, 3, init_scale=1.0),
         ]
     ).double()
-    ddc = DDCHelmholtzMachine(model, n_features=[15, 6], sleep_samples=40, generator=1)
+    ddc = DDCHelmholtzMachine.from_options(model, n_features=[15, 6], sleep_samples=40, generator=1)
     x = model.sample(9, generator=2)[0]
     sleep, solvers = machine_pieces(ddc, x)
     r = [None] + ddc.expected_encodings(x)
@@ -64,7 +64,7 @@ def test_oracle_wake_gradient_matches_exact_gradient_on_tiny_model():
     x = model.sample(200, generator=3)[0]
     exact = ExactInference(model)
     target = exact.expected_gradient(x)
-    ddc = DDCHelmholtzMachine(
+    ddc = DDCHelmholtzMachine.from_options(
         model, n_features=[40, 20], sleep_samples=20_000, ridge=1e-6, generator=4
     )
     sleep, solvers = machine_pieces(ddc, x)
@@ -87,7 +87,7 @@ def test_oracle_gradient_is_per_parameter_accurate():
     total = torch.cat([g.reshape(-1) for g in target.values()]).norm()
     errors = {}
     for n_sleep in (5_000, 80_000):
-        ddc = DDCHelmholtzMachine(
+        ddc = DDCHelmholtzMachine.from_options(
             model, n_features=[40, 20], sleep_samples=n_sleep, ridge=1e-6, generator=6
         )
         sleep, solvers = machine_pieces(ddc, x)
@@ -110,7 +110,7 @@ def test_learned_recogniser_gives_accurate_gradient_on_tiny_model(readout):
     model = tiny_sbn(seed=2)
     x = model.sample(200, generator=7)[0]
     target = ExactInference(model).expected_gradient(x)
-    ddc = DDCHelmholtzMachine(
+    ddc = DDCHelmholtzMachine.from_options(
         model,
         n_features=[40, 20],
         sleep_samples=500,
@@ -142,7 +142,9 @@ def test_short_training_run_raises_exact_log_likelihood():
             {"family": "bernoulli", "dim": 8},
         ]
     )
-    ddc = DDCHelmholtzMachine(model, n_features=[100, 30], sleep_samples=500, generator=0)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[100, 30], sleep_samples=500, generator=0
+    )
     exact = ExactInference(model)
     test = data["test"].float()
     with torch.no_grad():
@@ -159,7 +161,7 @@ def test_short_training_run_raises_exact_log_likelihood():
 def test_posterior_means_close_to_exact_after_recognition_training():
     model = tiny_sbn(seed=3)
     x = model.sample(100, generator=9)[0]
-    ddc = DDCHelmholtzMachine(
+    ddc = DDCHelmholtzMachine.from_options(
         model,
         n_features=[40, 20],
         sleep_samples=500,
@@ -198,7 +200,7 @@ def test_whitened_encodings_have_identity_covariance():
 
 def test_ridge_recogniser_runs_and_learns():
     model = tiny_sbn(seed=4)
-    ddc = DDCHelmholtzMachine(
+    ddc = DDCHelmholtzMachine.from_options(
         model, n_features=[20, 10], sleep_samples=500, recognition="ridge", generator=0
     )
     first = ddc.recognition.fit_step(*_sleep_pair(ddc))
@@ -217,25 +219,27 @@ def _sleep_pair(ddc):
 def test_mixed_continuous_chain_steps_and_reports_diagnostics():
     truth = make_truth("sparse-coding").model.float()
     model = HierarchicalModel.from_config(truth.config())
-    ddc = DDCHelmholtzMachine(
+    ddc = DDCHelmholtzMachine.from_options(
         model, n_features=50, sleep_samples=300, diagnostic_every=2, lr=1e-3, generator=0
     )
     x = truth.sample(64, generator=1)[0]
     ddc.step(x)
     metrics = ddc.step(x)
-    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert metrics["wake_phase"] == "importance"
+    numbers = [v for v in metrics.values() if not isinstance(v, str)]
+    assert all(torch.isfinite(torch.tensor(v)) for v in numbers)
     assert {"recognition_r2_z1", "map_r2_S_z1", "map_r2_mu_zx"} <= set(metrics)
 
 
 def test_bad_arguments_and_data_raise_clear_errors():
     model = tiny_sbn()
     with pytest.raises(ValueError, match="recognition: expected 'network' or 'ridge'"):
-        DDCHelmholtzMachine(model, recognition="mlp")
+        DDCHelmholtzMachine.from_options(model, recognition="mlp")
     with pytest.raises(ValueError, match="ridge: expected lambda / N_sleep > 0"):
-        DDCHelmholtzMachine(model, ridge=0)
+        DDCHelmholtzMachine.from_options(model, ridge=0)
     with pytest.raises(ValueError, match="n_features: expected 2 sizes"):
-        DDCHelmholtzMachine(model, n_features=[10, 10, 10])
-    ddc = DDCHelmholtzMachine(model, n_features=10, sleep_samples=50)
+        DDCHelmholtzMachine.from_options(model, n_features=[10, 10, 10])
+    ddc = DDCHelmholtzMachine.from_options(model, n_features=10, sleep_samples=50)
     with pytest.raises(ValueError, match="batch: a Bernoulli layer needs binary values"):
         ddc.step(torch.full((4, 5), 0.3, dtype=torch.float64))
     with pytest.raises(ValueError, match="batch: expected 5 columns"):
@@ -248,7 +252,7 @@ def test_oracle_accuracy_on_perturbed_spec_truth_easy():
     model = perturbed_model(truth.model, 0.5, seed=1)
     x = truth.splits(200, 0, 0, seed=7)["train"]
     exact = ExactInference(model)
-    ddc = DDCHelmholtzMachine(
+    ddc = DDCHelmholtzMachine.from_options(
         model, n_features=[200, 50], sleep_samples=20_000, ridge=1e-6, generator=2
     )
     sleep, solvers = machine_pieces(ddc, x)
@@ -262,10 +266,14 @@ def test_oracle_accuracy_on_perturbed_spec_truth_easy():
 def test_state_dict_round_trip_with_whitened_encodings():
     model = tiny_sbn(seed=5)
     x = model.sample(40, generator=1)[0]
-    a = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=100, whiten=True, generator=3)
+    a = DDCHelmholtzMachine.from_options(
+        model, n_features=[20, 10], sleep_samples=100, whiten=True, generator=3
+    )
     a.step(x)
     # same config (as on resume); a has stepped, so its recogniser and generator differ from b's
-    b = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=100, whiten=True, generator=3)
+    b = DDCHelmholtzMachine.from_options(
+        model, n_features=[20, 10], sleep_samples=100, whiten=True, generator=3
+    )
     assert not torch.equal(a.generator.get_state(), b.generator.get_state())
     b.load_state_dict(a.state_dict())
     z = model.sample(30, generator=2)[1:]
@@ -313,13 +321,13 @@ def test_ridge_readout_learns_posterior_means_and_round_trips():
         recognition_readout="ridge",
         generator=10,
     )
-    ddc = DDCHelmholtzMachine(model, **settings)
+    ddc = DDCHelmholtzMachine.from_options(model, **settings)
     ddc.fit_recognition(800)
     exact_means = ExactInference(model).posterior_means(x)
     for e, m in zip(ddc.posterior_means(x), exact_means):
         assert float((e - m).abs().mean()) < 0.06
     ddc.step(x)
-    other = DDCHelmholtzMachine(model, **settings)
+    other = DDCHelmholtzMachine.from_options(model, **settings)
     other.load_state_dict(ddc.state_dict())
     for a, b in zip(ddc.expected_encodings(x), other.expected_encodings(x)):
         assert torch.equal(a, b)
@@ -331,27 +339,33 @@ def test_ridge_readout_learns_posterior_means_and_round_trips():
 def test_bad_readout_arguments_raise_clear_errors():
     model = tiny_sbn()
     with pytest.raises(ValueError, match="recognition_readout: expected 'auto', 'adam' or 'ridge'"):
-        DDCHelmholtzMachine(model, recognition_readout="sgd")
+        DDCHelmholtzMachine.from_options(model, recognition_readout="sgd")
     with pytest.raises(ValueError, match="readout_forget: expected a number in"):
-        DDCHelmholtzMachine(model, recognition_readout="ridge", readout_forget=1.0)
+        DDCHelmholtzMachine.from_options(model, recognition_readout="ridge", readout_forget=1.0)
     with pytest.raises(ValueError, match=r"ema: expected a number in \(0, 1\) or None"):
-        DDCHelmholtzMachine(model, ema=1.0)
+        DDCHelmholtzMachine.from_options(model, ema=1.0)
 
 
 def test_default_readout_is_ridge_for_every_family():
     from ddchm.ddc.recognition import MomentHead
 
-    binary = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10])
+    binary = DDCHelmholtzMachine.from_options(make_truth("sbn-hard").model, n_features=[20, 10])
     assert binary.recognition.readout == "ridge"
-    averaged = DDCHelmholtzMachine(make_truth("sbn-hard").model, n_features=[20, 10], ema=0.99)
+    averaged = DDCHelmholtzMachine.from_options(
+        make_truth("sbn-hard").model, n_features=[20, 10], ema=0.99
+    )
     assert averaged.recognition.readout == "ridge"  # the heads read the averaged trunk
-    real_valued_x = DDCHelmholtzMachine(make_truth("sbn-gauss").model, n_features=[20, 10])
+    real_valued_x = DDCHelmholtzMachine.from_options(
+        make_truth("sbn-gauss").model, n_features=[20, 10]
+    )
     assert real_valued_x.recognition.readout == "ridge"  # its heads see the data rows too
     assert real_valued_x.recognition.readout_wake_rows
-    continuous = DDCHelmholtzMachine(make_truth("laplace-chain").model, n_features=[20, 10])
+    continuous = DDCHelmholtzMachine.from_options(
+        make_truth("laplace-chain").model, n_features=[20, 10]
+    )
     assert continuous.recognition.readout == "ridge"
     assert not any(isinstance(head, MomentHead) for head in continuous.recognition.heads)
-    trained = DDCHelmholtzMachine(
+    trained = DDCHelmholtzMachine.from_options(
         make_truth("laplace-chain").model, n_features=[20, 10], recognition_readout="adam"
     )
     assert any(isinstance(head, MomentHead) for head in trained.recognition.heads)
@@ -392,11 +406,11 @@ def test_ridge_readout_with_ema_reads_the_averaged_trunk():
     """With ``ema`` the ridge heads are solved on, and read, the features of an exponential
     moving average of the trunk; the live trunk is what Adam trains."""
     model = make_truth("sbn-hard").model
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], ema=0.9, generator=5)
+    ddc = DDCHelmholtzMachine.from_options(model, n_features=[20, 10], ema=0.9, generator=5)
     rec = ddc.recognition
     start = [p.detach().clone() for p in rec.trunk.parameters()]
     for _ in range(5):
-        ddc.train_recognition(ddc.dream(200))
+        ddc.recogniser_training.fit(ddc.dream(200))
     live = [p.detach() for p in rec.trunk.parameters()]
     averaged = [p.detach() for p in rec.averaged[0].parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(live, start))  # the live trunk trains
@@ -412,7 +426,7 @@ def test_ridge_readout_with_ema_reads_the_averaged_trunk():
     assert all(torch.allclose(g, e) for g, e in zip(got, expected))
     assert not all(torch.allclose(g, o) for g, o in zip(got, other))
     # a checkpoint carries the averaged trunk (the heads stay shared after loading)
-    restored = DDCHelmholtzMachine(model, n_features=[20, 10], ema=0.9, generator=6)
+    restored = DDCHelmholtzMachine.from_options(model, n_features=[20, 10], ema=0.9, generator=6)
     restored.load_state_dict(ddc.state_dict())
     assert restored.recognition.averaged[1] is restored.recognition.heads
     assert all(torch.allclose(a, b) for a, b in zip(restored.recognition(x), got))

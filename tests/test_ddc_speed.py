@@ -25,9 +25,13 @@ def old_step(ddc, batch):
     """The step as it was before issue 13: the dreams encoded twice, once by the recognition
     update and once by the gradient maps."""
     sleep = ddc.dream()
-    if ddc.recalibrate_every and ddc.steps % ddc.recalibrate_every == 0 and ddc.steps:
+    if (
+        ddc.options.encodings.recalibrate_every
+        and ddc.steps % ddc.options.encodings.recalibrate_every == 0
+        and ddc.steps
+    ):
         ddc.recalibrate(sleep)
-    ddc.train_recognition(sleep, batch)
+    ddc.recogniser_training.fit(sleep, batch)
     ascent = ddc.theta_gradient(batch, sleep)
     apply_ascent(ddc.optimizer, ddc.params, ascent, ddc.param_names)
     ddc.steps += 1
@@ -38,11 +42,11 @@ def test_step_with_shared_encodings_matches_the_two_encoding_path():
     model = sbn()
     x = model.sample(50, generator=3)[0]
     machines = [  # the recogniser's r in the wake phase, as old_step uses; fresh wake draws
-        DDCHelmholtzMachine(
+        DDCHelmholtzMachine.from_options(
             m,
             n_features=[30, 10],
             sleep_samples=300,
-            importance_encodings=False,
+            wake_encodings="amortised",
             wake_redraw_every=1,
             generator=5,
         )
@@ -50,7 +54,7 @@ def test_step_with_shared_encodings_matches_the_two_encoding_path():
     ]
     # the step reads a small binary layer's encodings off its table, which differ from the
     # direct ones by rounding (6e-8) that four Adam steps grow to 2e-5: encode alike
-    machines[1].encode = machines[1].encode_samples
+    machines[1].particles.encode = machines[1].particles.encode_samples
     for step in range(4):  # steps after the first also check the encodings' drift
         batch = x[10 * step : 10 * step + 10]
         machines[0].step(batch)
@@ -63,7 +67,9 @@ def test_step_with_shared_encodings_matches_the_two_encoding_path():
 
 def test_theta_gradient_with_given_features_equals_its_own_encoding():
     model = sbn(seed=1, dtype=torch.float64)
-    ddc = DDCHelmholtzMachine(model, n_features=[30, 10], sleep_samples=300, generator=2)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[30, 10], sleep_samples=300, generator=2
+    )
     x = model.sample(20, generator=4)[0]
     sleep = ddc.dream()
     shared = ddc.theta_gradient(x, sleep, features=ddc.encode(sleep[1:]))
@@ -80,7 +86,9 @@ def test_wake_targets_without_subnormal_weights_match_the_exact_weighted_sum():
     model = sbn(dims=(5, 60, 300), seed=2)  # 65 latent units: plain draws, not collapsed
     with torch.no_grad():
         model.layers[0].weight.mul_(3.0)
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=500, generator=1)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[20, 10], sleep_samples=500, generator=1
+    )
     x = model.sample(40, generator=6)[0]
     sleep = ddc.dream()
     features = ddc.encode(sleep[1:])
@@ -88,7 +96,7 @@ def test_wake_targets_without_subnormal_weights_match_the_exact_weighted_sum():
         w = torch.softmax(pair_log_prob(model.observation, x, sleep[1]), dim=1)
     assert ((w > 0) & (w < torch.finfo(w.dtype).tiny)).any()  # the case the flush is for
     w = w.double()
-    targets, ess = ddc.wake_targets(x, sleep, features)
+    targets, ess, *_ = ddc.wake_targets(x, sleep, features)
     for got, f in zip(targets, features):
         exact = w @ f.double()
         assert torch.allclose(got.double(), exact, atol=1e-6, rtol=1e-5)
@@ -111,8 +119,8 @@ def test_gaussian_chain_step_matches_the_two_encoding_path():
     # the wake phase from the recogniser, as old_step's (importance encodings have a test of
     # their own in test_continuous.py)
     machines = [
-        DDCHelmholtzMachine(
-            m, n_features=20, sleep_samples=200, importance_encodings=False, generator=3
+        DDCHelmholtzMachine.from_options(
+            m, n_features=20, sleep_samples=200, wake_encodings="amortised", generator=3
         )
         for m in (model, copy.deepcopy(model))
     ]
@@ -172,7 +180,7 @@ def test_throughput_breakdown_replays_the_step_it_times():
     model = sbn(seed=3)
     x = model.sample(60, generator=2)[0]
     machines = [
-        DDCHelmholtzMachine(m, n_features=[20, 8], sleep_samples=200, generator=4)
+        DDCHelmholtzMachine.from_options(m, n_features=[20, 8], sleep_samples=200, generator=4)
         for m in (model, copy.deepcopy(model))
     ]
     assert machines[0].recognition_every == 2  # a small binary chain: see below
@@ -185,7 +193,7 @@ def test_throughput_breakdown_replays_the_step_it_times():
         assert torch.allclose(new, old, atol=1e-6, rtol=0)
     for new, old in zip(machines[0].recognition.parameters(), machines[1].recognition.parameters()):
         assert torch.allclose(new, old, atol=1e-6, rtol=0)
-    assert {"dreams", "recogniser_update", "ridge_solves", "optimiser"} <= set(clock)
+    assert {"dreams", "recogniser", "wake_targets", "wake_gradient", "optimiser"} <= set(clock)
 
 
 def test_sample_latents_are_the_samples_latents():
@@ -213,7 +221,7 @@ def test_a_recogniser_the_wake_phase_does_not_read_is_updated_every_kth_step():
     model = sbn(dims=(3, 5, 8), seed=1)
     x = model.sample(60, generator=2)[0]
     machines = {
-        k: DDCHelmholtzMachine(
+        k: DDCHelmholtzMachine.from_options(
             m,
             n_features=[20, 8],
             sleep_samples=300,
@@ -228,8 +236,8 @@ def test_a_recogniser_the_wake_phase_does_not_read_is_updated_every_kth_step():
         batch = x[10 * step : 10 * step + 10]
         for machine in machines.values():
             machine.step(batch)
-            targets, ess = machine._wake_estimates
-            assert float(ess.min()) >= machine.wake_min_ess  # r is all importance-sampled
+            targets, ess, *_ = machine.wake_estimates
+            assert float(ess.min()) >= machine.wake_phase.min_ess  # r is all importance-sampled
     assert rows == [(100, 100), (100, 100)]  # steps 0 and 3, 100 dreams each
     for (name, a), b in zip(machines[1].model.named_parameters(), machines[3].model.parameters()):
         assert torch.equal(a, b), name
@@ -238,17 +246,20 @@ def test_a_recogniser_the_wake_phase_does_not_read_is_updated_every_kth_step():
 
 
 def test_recogniser_schedule_defaults_and_errors():
-    small = DDCHelmholtzMachine(sbn(), sleep_samples=200, generator=0)
+    small = DDCHelmholtzMachine.from_options(sbn(), sleep_samples=200, generator=0)
     assert small.recognition_every == 2 and small.recognition_dreams == 100
-    wide = DDCHelmholtzMachine(sbn(dims=(30, 40, 30)), sleep_samples=200, generator=0)
-    assert not wide.importance_encodings  # its wake phase reads the recogniser's r
-    plain = DDCHelmholtzMachine(sbn(), sleep_samples=200, importance_encodings=False, generator=0)
+    wide = DDCHelmholtzMachine.from_options(
+        sbn(dims=(30, 40, 30)), sleep_samples=200, wake_encodings="amortised", generator=0
+    )
+    plain = DDCHelmholtzMachine.from_options(
+        sbn(), sleep_samples=200, wake_encodings="amortised", generator=0
+    )
     for machine in (wide, plain):
         assert machine.recognition_every == 1 and machine.recognition_dreams == 200
     with pytest.raises(ValueError, match="recognition_dreams: expected at most sleep_samples"):
-        DDCHelmholtzMachine(sbn(), sleep_samples=200, recognition_dreams=500)
+        DDCHelmholtzMachine.from_options(sbn(), sleep_samples=200, recognition_dreams=500)
     with pytest.raises(ValueError, match="recognition_every"):
-        DDCHelmholtzMachine(sbn(), recognition_every=0)
+        DDCHelmholtzMachine.from_options(sbn(), recognition_every=0)
 
 
 def test_ridge_solver_on_distinct_rows_equals_the_one_on_every_row():
@@ -330,19 +341,20 @@ def test_a_wide_chains_recogniser_trains_on_the_first_recognition_points_of_the_
         model = sbn(dims=dims, seed=1)
         x = model.sample(50, generator=2)[0]
         machines = [
-            DDCHelmholtzMachine(
+            DDCHelmholtzMachine.from_options(
                 copy.deepcopy(model), n_features=20, sleep_samples=200, generator=4, **kwargs
             )
             for kwargs in ({"recognition_points": 10}, {"recognition_points": 50}, {})
+            for kwargs in [{**kwargs, **({"wake_encodings": "amortised"} if subsampled else {})}]
         ]
-        assert machines[0].importance_encodings != subsampled
+        assert machines[0].wake_phase.reads_targets != subsampled
         sleep = model.sample(200, generator=5)  # no machine's generator moves
-        machines[0].train_recognition(sleep, x)
-        machines[1].train_recognition(sleep, x[:10] if subsampled else x)
-        machines[2].train_recognition(sleep, x)
+        machines[0].recogniser_training.fit(sleep, x)
+        machines[1].recogniser_training.fit(sleep, x[:10] if subsampled else x)
+        machines[2].recogniser_training.fit(sleep, x)
         first = list(machines[0].recognition.parameters())
         for other, equal in ((machines[1], True), (machines[2], not subsampled)):
             same = all(torch.equal(a, b) for a, b in zip(first, other.recognition.parameters()))
             assert same == equal, (dims, equal)
     with pytest.raises(ValueError, match="recognition_points"):
-        DDCHelmholtzMachine(sbn(), recognition_points=0)
+        DDCHelmholtzMachine.from_options(sbn(), recognition_points=0)

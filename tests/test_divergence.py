@@ -63,7 +63,9 @@ def test_lr_inf_is_refused_by_the_config_and_rolled_back_by_the_loop(tmp_path, c
         [{"family": "bernoulli", "dim": 2}, {"family": "bernoulli", "dim": 5}]
     )
     data = (torch.rand(40, 5, generator=torch.Generator().manual_seed(1)) < 0.5).float()
-    machine = DDCHelmholtzMachine(model, lr=math.inf, n_features=10, sleep_samples=50, hidden=(8,))
+    machine = DDCHelmholtzMachine.from_options(
+        model, lr=math.inf, n_features=10, sleep_samples=50, hidden=(8,)
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(DivergenceError, match=r"at step 1: .*not applied"):
         train(machine, data, steps=5, batch_size=10, out_dir=tmp_path / "b", checkpoint_every=1)
@@ -77,7 +79,7 @@ def test_empty_batch_is_a_named_error_and_changes_nothing():
     model = HierarchicalModel.from_config(
         [{"family": "bernoulli", "dim": 2}, {"family": "bernoulli", "dim": 5}]
     )
-    machine = DDCHelmholtzMachine(model, n_features=10, sleep_samples=50, hidden=(8,))
+    machine = DDCHelmholtzMachine.from_options(model, n_features=10, sleep_samples=50, hidden=(8,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="batch: has no rows"):
         machine.step(torch.empty(0, 5))

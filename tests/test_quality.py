@@ -172,7 +172,9 @@ def test_ddc_runs_are_also_measured_through_their_own_recogniser():
     truth = make_truth("sbn-hard")
     data = truth.splits(2000, 0, 400, seed=1)
     model = truth.model.float()
-    ddc = DDCHelmholtzMachine(model, n_features=[50, 20], sleep_samples=500, generator=0)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[50, 20], sleep_samples=500, generator=0
+    )
     ddc.fit_recognition(200, data=data["train"].float())
     quality = model_quality(
         model,

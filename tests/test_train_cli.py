@@ -80,6 +80,7 @@ def test_cli_train_evaluate_sample_and_list(tmp_path, capsys):
     assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "exact NLL gap to the true model" in printed and "posterior accuracy" in printed
+    assert "DDC-HM wake phase: auto" in printed and "wake phase: collapsed (step 0" in printed
     assert main(["evaluate", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 10 and "nll_gap" in summary
@@ -113,7 +114,9 @@ def test_nan_in_training_data_is_rejected_before_training(tmp_path):
     data = torch.randn(20, 3)
     data[4, 1] = float("nan")
     with pytest.raises(ValueError, match=r"data: contains 1 NaN or infinite value\(s\)"):
-        train(DDCHelmholtzMachine(model, sleep_samples=20), data, steps=2, progress=False)
+        train(
+            DDCHelmholtzMachine.from_options(model, sleep_samples=20), data, steps=2, progress=False
+        )
 
 
 def test_cli_compare_writes_table_and_figures(tmp_path, capsys):

@@ -88,9 +88,9 @@ def test_samples_encoded_through_the_tables_equal_their_encodings():
         [Bernoulli(3), Bernoulli(14, 3), Bernoulli(6, 14)],  # 14 units: no table
     ):
         model = HierarchicalModel(layers)
-        ddc = DDCHelmholtzMachine(model, n_features=[20, 10], generator=0)
+        ddc = DDCHelmholtzMachine.from_options(model, n_features=[20, 10], generator=0)
         sleep = model.sample(500, generator=1)
-        for fast, slow in zip(ddc.encode_samples(sleep[1:]), ddc.encode(sleep[1:])):
+        for fast, slow in zip(ddc.particles.encode_samples(sleep[1:]), ddc.encode(sleep[1:])):
             assert torch.allclose(fast, slow, atol=1e-6)
 
 
@@ -115,13 +115,15 @@ def test_grouping_by_the_bottom_state_is_an_exact_regrouping(dims):
     ]
     model = HierarchicalModel(layers)
     x = model.sample(40, generator=1)[0]
-    ddc = DDCHelmholtzMachine(model, n_features=[20] * (len(dims) - 1), generator=0)
-    codes, _, _, _, draws = drawn = ddc._distinct_states(model.sample(3000, generator=2), None)
+    ddc = DDCHelmholtzMachine.from_options(model, n_features=[20] * (len(dims) - 1), generator=0)
+    codes, _, _, _, draws = drawn = ddc.particles.distinct_states(
+        model.sample(3000, generator=2), None
+    )
     log_mass = drawn.log_mass
     sizes = list(dims[1:])
     particles = group_by_bottom(ddc.encodings, codes, sizes, log_mass, draws, x.dtype)
     assert particles.latents[0].shape[0] < codes.shape[0]  # fewer bottom states than states
-    targets, ess = ddc._weighted_targets(x, particles, None)
+    targets, ess, *_ = ddc.importance(x, particles, ddc.expected_encodings, None)
     expected, expected_ess = ungrouped_targets(ddc, x, codes, log_mass, draws, sizes)
     for got, want in zip(targets, expected):
         assert torch.allclose(got.double(), want, atol=2e-5, rtol=1e-4)
@@ -153,28 +155,30 @@ def test_collapsed_targets_are_closer_to_the_exact_ones_than_plain_draws():
     or weighting by p alone, is biased."""
     model = make_truth("sbn-hard").model
     x = model.sample(300, generator=3)[0]
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], generator=0)
-    assert ddc._state_bits == 14 and ddc.importance_encodings
+    ddc = DDCHelmholtzMachine.from_options(model, n_features=[20, 10], generator=0)
+    assert ddc.particles.state_bits == 14 and ddc.wake_phase.reads_targets
     reference = exact_reference(model)
     errors = {"collapsed": [], "plain": [], "unweighted": [], "prior only": []}
     for seed in range(3):
         sleep = model.sample(2000, generator=10 + seed)
-        ddc.wake_dreams = 2000  # no extra dreams: the step's own
-        drawn = ddc._distinct_states(sleep, None)
+        ddc.particles.wake_dreams = 2000  # no extra dreams: the step's own
+        drawn = ddc.particles.distinct_states(sleep, None)
         codes, log_mass, draws = drawn.codes, drawn.log_mass, drawn.draws
         assert codes.shape[0] < 600 and draws == 2000
-        targets, _ = ddc._weighted_targets(x, ddc.prior_particles(sleep), None)
+        targets, _, *_ = ddc.importance(
+            x, ddc.particles.prior(sleep, ddc.generator), ddc.expected_encodings, None
+        )
         errors["collapsed"].append(target_error(targets, reference, ddc.encodings, x))
         for name, biased in (
             ("unweighted", torch.zeros_like(log_mass)),
             ("prior only", model.log_prior(decode_states(codes, [10, 4], x.dtype)).detach()),
         ):
             particles = group_by_bottom(ddc.encodings, codes, [10, 4], biased, draws, x.dtype)
-            targets, _ = ddc._weighted_targets(x, particles, None)
+            targets, _, *_ = ddc.importance(x, particles, ddc.expected_encodings, None)
             errors[name].append(target_error(targets, reference, ddc.encodings, x))
-        ddc._state_bits = None
-        targets, _ = ddc.wake_targets(x, sleep)
-        ddc._state_bits = 14
+        ddc.particles.state_bits = None
+        targets, _, *_ = ddc.wake_targets(x, sleep)
+        ddc.particles.state_bits = 14
         errors["plain"].append(target_error(targets, reference, ddc.encodings, x))
     mean = {name: sum(values) / len(values) for name, values in errors.items()}
     assert mean["collapsed"] < 0.7 * mean["plain"], mean
@@ -185,18 +189,18 @@ def test_collapsed_targets_are_closer_to_the_exact_ones_than_plain_draws():
 def test_extra_wake_dreams_converge_and_keep_the_draws_ess():
     model = make_truth("sbn-hard").model
     x = model.sample(300, generator=3)[0]
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], generator=0)
-    assert ddc.wake_dreams == 20_000  # 10 N_sleep on a small binary chain
+    ddc = DDCHelmholtzMachine.from_options(model, n_features=[20, 10], generator=0)
+    assert ddc.options.wake.wake_dreams == 20_000  # 10 N_sleep on a small binary chain
     sleep = model.sample(2000, generator=4)
-    particles = ddc.prior_particles(sleep, generator=torch.Generator().manual_seed(5))
+    particles = ddc.particles.prior(sleep, torch.Generator().manual_seed(5))
     assert particles.draws == 20_000  # the truth's prior sits on ~1,100 states: all drawn
-    targets, ess = ddc._weighted_targets(x, particles, None)
+    targets, ess, *_ = ddc.importance(x, particles, ddc.expected_encodings, None)
     reference = exact_reference(model)
     assert target_error(targets, reference, ddc.encodings, x) < 0.003  # measured 0.0009
     # the collapsed ESS counts draws: as the plain ESS of 20,000 draws (median ~4,000)
-    ddc._state_bits = None
-    ddc.wake_dreams = 20_000
-    _, plain_ess = ddc.wake_targets(x, model.sample(20_000, generator=6))
+    ddc.particles.state_bits = None
+    ddc.particles.wake_dreams = 20_000
+    _, plain_ess, *_ = ddc.wake_targets(x, model.sample(20_000, generator=6))
     assert float(ess.median()) == pytest.approx(float(plain_ess.median()), rel=0.15)
 
 
@@ -219,23 +223,30 @@ def test_extra_dreams_stop_at_the_distinct_state_budget():
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.zero_()
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], sleep_samples=1000, generator=0)
-    drawn = ddc._distinct_states(ddc.dream(), None)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[20, 10], sleep_samples=1000, generator=0
+    )
+    drawn = ddc.particles.distinct_states(ddc.dream(), None)
     codes, draws = drawn.codes, drawn.draws
-    assert draws < ddc.wake_dreams
+    assert draws < ddc.options.wake.wake_dreams
     assert codes.shape[0] <= 4 * 1000 * 1.1
 
 
 def test_defaults_follow_the_chain():
     small = make_truth("sbn-easy").model
-    ddc = DDCHelmholtzMachine(small, sleep_samples=500, generator=0)
-    assert ddc.importance_encodings and ddc.wake_dreams == 5000 and ddc._state_bits == 14
+    ddc = DDCHelmholtzMachine.from_options(small, sleep_samples=500, generator=0)
+    assert (
+        ddc.wake_phase.reads_targets
+        and ddc.options.wake.wake_dreams == 5000
+        and ddc.particles.state_bits == 14
+    )
     wide = HierarchicalModel([Bernoulli(30), Bernoulli(40, 30), Bernoulli(20, 40)])
-    ddc = DDCHelmholtzMachine(wide, sleep_samples=500, generator=0)
-    # 70 latent units: no codes, the paper's amortised wake phase
-    assert ddc._state_bits is None and not ddc.importance_encodings and ddc.wake_dreams == 500
+    ddc = DDCHelmholtzMachine.from_options(wide, sleep_samples=500, generator=0)
+    # 70 latent units: no codes; plain draws until the first step measures their ESS
+    assert ddc.particles.state_bits is None and ddc.options.wake.wake_dreams == 500
+    assert ddc.wake_phase.name == "importance" and ddc.wake_phase.auto
     with pytest.raises(ValueError, match="wake_dreams"):
-        DDCHelmholtzMachine(small, sleep_samples=500, wake_dreams=100)
+        DDCHelmholtzMachine.from_options(small, sleep_samples=500, wake_dreams=100)
 
 
 def test_reused_draws_are_reweighted_to_the_current_prior():
@@ -245,17 +256,21 @@ def test_reused_draws_are_reweighted_to_the_current_prior():
     weights does not."""
     model = make_truth("sbn-hard").model
     x = model.sample(300, generator=3)[0]
-    ddc = DDCHelmholtzMachine(model, n_features=[20, 10], wake_redraw_every=3, generator=0)
-    first = ddc._step_particles(model.sample(2000, generator=4))
-    drawn, groups = ddc._wake_states
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[20, 10], wake_redraw_every=3, generator=0
+    )
+    first = ddc.particles.for_step(model.sample(2000, generator=4), ddc.steps, ddc.generator)
+    drawn, groups = ddc.particles.last
     with torch.no_grad():  # theta moves
         generator = torch.Generator().manual_seed(6)
         for parameter in model.parameters():
             parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
     reference = exact_reference(model)
     ddc.steps = 1
-    reused = ddc._step_particles(model.sample(2000, generator=5))  # these dreams are not read
-    assert ddc._wake_states[0] is drawn
+    reused = ddc.particles.for_step(
+        model.sample(2000, generator=5), ddc.steps, ddc.generator
+    )  # these dreams are not read
+    assert ddc.particles.last[0] is drawn
     assert torch.equal(reused.latents[0], first.latents[0])
     log_mass = model.log_prior(drawn.latents).detach() - drawn.log_inclusion
     manual = group_by_bottom(
@@ -264,12 +279,12 @@ def test_reused_draws_are_reweighted_to_the_current_prior():
     assert torch.allclose(reused.log_mass, manual.log_mass)
     errors = {}
     for name, particles in (("reused", reused), ("old weights", first)):
-        targets, _ = ddc._weighted_targets(x, particles, None)
+        targets, _, *_ = ddc.importance(x, particles, ddc.expected_encodings, None)
         errors[name] = target_error(targets, reference, ddc.encodings, x)
     ddc.steps = 3  # a redraw step
-    fresh = ddc._step_particles(model.sample(2000, generator=7))
-    assert ddc._wake_states[0] is not drawn
-    targets, _ = ddc._weighted_targets(x, fresh, None)
+    fresh = ddc.particles.for_step(model.sample(2000, generator=7), ddc.steps, ddc.generator)
+    assert ddc.particles.last[0] is not drawn
+    targets, _, *_ = ddc.importance(x, fresh, ddc.expected_encodings, None)
     errors["fresh"] = target_error(targets, reference, ddc.encodings, x)
     assert errors["reused"] < 2 * errors["fresh"], errors  # measured 0.00066 / 0.00045
     assert errors["old weights"] > 5 * errors["reused"], errors
@@ -284,7 +299,7 @@ def test_a_run_that_reuses_draws_resumes_bit_for_bit():
     def machine(seed_model):
         torch.manual_seed(seed_model)
         model = HierarchicalModel([Bernoulli(4), Bernoulli(10, 4), Bernoulli(8, 10)])
-        return DDCHelmholtzMachine(
+        return DDCHelmholtzMachine.from_options(
             model, n_features=[20, 10], sleep_samples=300, wake_redraw_every=3, generator=4
         )
 

@@ -57,6 +57,8 @@ def cmd_train(args) -> int:
         f"ddchm train: {config['algorithm']['name']} on {_describe_data(config['data'])}, "
         f"{config['train']['steps']} steps -> {out}"
     )
+    if config["algorithm"]["name"] == "ddc":
+        print(f"DDC-HM wake phase: {_requested_wake_phase(config['algorithm'])}")
     result = run(config, out_dir=out, progress=not args.no_progress)
     print(_summary(result))
     figures = _train_figures(result, Path(out))
@@ -133,9 +135,36 @@ def _describe_data(section: dict) -> str:
     return f"{section['source']} data"
 
 
+def _requested_wake_phase(section: dict) -> str:
+    phase = section.get(
+        "wake_encodings", "amortised" if section.get("preset") == "paper" else "auto"
+    )
+    if phase != "auto":
+        return phase
+    return (
+        "auto (importance-sampled while the targets' median ESS reaches wake_min_ess, "
+        "measured on the first step and every wake_check_every steps; else amortised)"
+    )
+
+
+def _wake_phase_summary(algorithm) -> str | None:
+    """The wake phase a DDC-HM run used and each measurement that decided it."""
+    phase = getattr(algorithm, "wake_phase", None)
+    if phase is None:
+        return None
+    checks = ", ".join(f"step {s}: median ESS {e:.1f} -> {n}" for s, e, n in phase.decisions[:3])
+    if len(phase.decisions) > 3:
+        last = phase.decisions[-1]
+        checks += f", ... step {last[0]}: median ESS {last[1]:.1f} -> {last[2]}"
+    return f"wake phase: {phase.name}" + (f" ({checks})" if checks else "")
+
+
 def _summary(result: dict) -> str:
     final, model = result["final"], result["model"]
     lines = [f"learned model: {model.describe()}"]
+    phase = _wake_phase_summary(result["algorithm"])
+    if phase:
+        lines.append(phase)
     records = [r for r in result["records"] if "test_nll" in r]
     if records:
         first, last = records[0], records[-1]

@@ -172,7 +172,7 @@ SCHEMA: dict[str, dict[str, Callable]] = {
 def check_algorithm_arguments(section: dict, cls, allowed: set[str]) -> None:
     """Type checks from the constructor's defaults (float, int, bool, str, sequence of ints);
     learning rates (``lr``, ``*_lr``, ``*_lr_final``) positive and finite."""
-    defaults = {}
+    defaults = dict(cls.option_defaults()) if hasattr(cls, "option_defaults") else {}
     for klass in cls.__mro__:
         if "__init__" in vars(klass):
             for p in inspect.signature(klass.__init__).parameters.values():

@@ -159,6 +159,8 @@ def load_config(source: str | Path | dict | None = None, overrides: dict | None 
 def keyword_arguments(cls) -> set[str]:
     """The keyword-only arguments ``cls(...)`` accepts: its constructor's, and those of each
     base class its constructor forwards ``**kwargs`` to."""
+    if hasattr(cls, "option_defaults"):  # options in groups, given by their flat names
+        return set(cls.option_defaults())
     allowed = set()
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
@@ -300,7 +302,9 @@ def build_algorithm(section: dict, model: HierarchicalModel, seed: int):
         if isinstance(arguments.get(key), list):
             arguments[key] = tuple(arguments[key])
     try:
-        return algorithm_class(section["name"])(model, generator=seed, **arguments)
+        cls = algorithm_class(section["name"])
+        build = getattr(cls, "from_options", cls)
+        return build(model, generator=seed, **arguments)
     except (ValueError, TypeError) as error:  # the constructor's own checks name the argument
         if isinstance(error, ConfigError):
             raise

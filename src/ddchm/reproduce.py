@@ -56,6 +56,14 @@ SETTINGS = {
 DISCRETE_BASELINES = ("ws", "rws", "vimco")
 CONTINUOUS_BASELINES = ("vae", "iwae")  # need every latent layer reparameterisable
 SHARED = ("lr", "hidden", "recognition_lr")  # what every method takes from the config
+# DDC-HM beside its default, on the synthetic truths (whose default wake phase reads importance
+# targets): the paper's amortised wake phase in the same machine, the paper preset, and the
+# ablation that keeps the default's particles but drops the maps (docs/wake-phase.md)
+DDC_VARIANTS = {
+    "ddc-amortised": {"wake_encodings": "amortised"},
+    "ddc-paper": {"preset": "paper"},
+    "ddc-particles": {"wake_gradient": "particles"},
+}
 
 # evaluation sizes: (full, quick)
 EVALUATION = {
@@ -84,8 +92,12 @@ def config_path(name: str) -> Path:
 
 
 def methods_for(config: dict, model) -> list[str]:
-    """DDC-HM, then every baseline that applies to the model's latent layers."""
-    names = ["ddc", *DISCRETE_BASELINES]
+    """DDC-HM (and on synthetic truths its variants), then every baseline that applies to the
+    model's latent layers."""
+    names = ["ddc"]
+    if config["data"]["source"] == "synthetic":
+        names += list(DDC_VARIANTS)
+    names += list(DISCRETE_BASELINES)
     if all(not layer.discrete for layer in model.layers[1:]):
         names += list(CONTINUOUS_BASELINES)
     return names
@@ -93,7 +105,9 @@ def methods_for(config: dict, model) -> list[str]:
 
 def method_config(base: dict, method: str, seed: int, quick: bool) -> dict:
     config = json.loads(json.dumps(base))  # a deep copy of plain data
-    if method != "ddc":
+    if method in DDC_VARIANTS:
+        config["algorithm"].update(DDC_VARIANTS[method])
+    elif method != "ddc":
         shared = {k: base["algorithm"][k] for k in SHARED if k in base["algorithm"]}
         config["algorithm"] = {"name": method, **shared}
     config["train"]["seed"] = config["model"]["seed"] = seed
@@ -125,9 +139,11 @@ def run_one(config: dict, out_dir: Path, evaluation: dict, seed: int, progress: 
         for r in result["records"]
         if "test_nll" in r
     ]
+    phase = getattr(result["algorithm"], "wake_phase", None)
     return {
         "status": "ok",
         "seed": seed,
+        **({} if phase is None else {"wake_phase": phase.name, "wake_decisions": phase.decisions}),
         "steps": final.get("step", 0),
         "train_cpu_s": final.get("cpu_time", 0.0),
         "train_wall_s": final.get("time", 0.0),
@@ -240,7 +256,9 @@ def experiment_table(result: dict) -> str:
             mean, se, n = mean_stderr([get(r) for r in ok])
             cells.append(format_mean_stderr(mean, se) if n else "–")
         diverged = len(records) - len(ok)
-        label = method + (f" ({diverged} diverged)" if diverged else "")
+        phases = sorted({r["wake_phase"] for r in ok if "wake_phase" in r})
+        label = method + (f" [{'/'.join(phases)}]" if phases else "")
+        label += f" ({diverged} diverged)" if diverged else ""
         lines.append(f"| {label} | {len(ok)}/{len(records)} | " + " | ".join(cells) + " |")
     if reference:
         ref_ll = reference.get("exact_ll", reference.get("is_ll_fitted", math.nan))

@@ -478,3 +478,26 @@ class RidgeRecognition(nn.Module):
 
     def load_extra_state(self, state: dict) -> None:
         pass
+
+
+def make_recogniser(data_dim: int, encodings, options, seed: int) -> nn.Module:
+    """The recogniser that ``RecogniserOptions`` (resolved) describes, for these encodings."""
+    sizes = [encoding.size for encoding in encodings]
+    if options.recognition == "ridge":
+        return RidgeRecognition(data_dim, sizes, generator=seed)
+    layouts = [e.moment_layout() for e in encodings] if options.moment_heads else None
+    return NetworkRecognition(
+        data_dim,
+        sizes,
+        options.hidden,
+        options.recognition_lr,
+        options.recognition_lr_final,
+        options.recognition_decay_steps,
+        options.ema,
+        readout=options.recognition_readout,
+        readout_forget=options.readout_forget,
+        readout_ridge=options.readout_ridge,
+        readout_wake_rows=options.readout_wake_rows,
+        layouts=layouts,
+        generator=seed,
+    )

@@ -424,11 +424,18 @@ def check_resume(out_dir: str | Path, config: dict) -> None:
         )
 
 
-def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+def run(
+    config: dict,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    curve_points: int | None = None,
+) -> dict:
     """Train as configured; returns {'records', 'final', 'model', 'algorithm', 'data'}.
 
     An ``out_dir`` holding a checkpoint is resumed if its saved config matches (see
-    :func:`check_resume`)."""
+    :func:`check_resume`). ``curve_points``: with a CPU-time budget (``train.max_cpu_seconds``),
+    also evaluate every budget / ``curve_points`` CPU seconds, so the learning curve has at
+    least that many points besides the start, whatever ``train.eval_every``."""
     device = resolve_device(config["train"]["device"])
     if out_dir is not None:
         check_resume(out_dir, config)
@@ -454,6 +461,11 @@ def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) 
         extra_state={"config": config},
         max_seconds=train_cfg["max_seconds"],
         max_cpu_seconds=train_cfg["max_cpu_seconds"],
+        eval_every_cpu_s=(
+            train_cfg["max_cpu_seconds"] / curve_points
+            if curve_points and train_cfg["max_cpu_seconds"]
+            else None
+        ),
     )
     final = records[-1] if records else {}
     return {

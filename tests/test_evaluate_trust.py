@@ -155,7 +155,7 @@ def test_quality_reports_ess_spread_ais_and_names_its_estimator():
         mmd_samples=50,
         n_permutations=0,
         ais_chains=4,
-        ais_steps=20,
+        ais_steps=3,
         ais_points=10,
     )
     for key in ("ess", "ess_median", "ess_q10", "ess_min", "low_ess", "cpu_s"):
@@ -163,8 +163,10 @@ def test_quality_reports_ess_spread_ais_and_names_its_estimator():
     assert few["is_ll_fitted_ess_min"] <= few["is_ll_fitted_ess_median"] <= 3
     assert few["is_ll_fitted_low_ess"] == 1.0  # 3 particles: every point below 10
     assert any("median effective sample size" in w for w in few["warnings"])
+    # 3 temperatures: the chains disagree by many nats, and the output says so
+    assert few["ais_log_w_std"] > 2 and any("AIS: log w spreads" in w for w in few["warnings"])
     assert few["log_likelihood_estimator"] == "ais" and few["log_likelihood"] == few["ais_ll"]
-    assert "AIS on 10 held-out points, 4 chains x 20 temperatures" in few["protocol"]
+    assert "AIS on 10 held-out points, 4 chains x 3 temperatures" in few["protocol"]
     assert few["ais_points"] == 10 and math.isfinite(few["ais_minus_is"])
     assert few["ais_log_w_std"] > 0 and few["ais_cpu_s"] > 0
     many = model_quality(

@@ -342,8 +342,13 @@ def write_figures(result: dict, out: Path) -> list[str]:
         }
         curves = {k: v for k, v in curves.items() if v}
         if curves:
+            positive = all(v > 0 for cs in curves.values() for c in cs for v in c[metric])
             fig = plot_learning_curves(
-                curves, metric, x_axes=("cpu_time",), ylabel=Y_LABELS[metric]
+                curves,
+                metric,
+                x_axes=("cpu_time",),
+                ylabel=Y_LABELS[metric],
+                log_y=metric == "mmd2" and positive,
             )
             save_figure(fig, out / "curve.png")
             names.append("curve.png")

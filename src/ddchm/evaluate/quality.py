@@ -23,7 +23,8 @@ importance_log_likelihood`) through a proposal fitted to the trained model by sl
   temperatures each (``ais_chains=0``: none). It needs only the generative model, so every
   algorithm, DDC-HM included, is measured the same way. With ``_se``, ``_mc_se``, ``_ess``
   (of the chain weights), ``_log_w_std`` (spread of log w across a point's chains: the bias
-  diagnostic, the gap of one chain being about var(log w) / 2), ``_cpu_s``, and
+  diagnostic, the gap of one chain being about var(log w) / 2; a line in ``warnings`` above
+  ``MAX_LOG_W_SPREAD``, 2 nats), ``_cpu_s``, and
   ``is_ll_fitted_on_ais_points`` and ``ais_minus_is`` / ``ais_minus_is_se``: the paired
   difference AIS - IS on those points and its standard error over them (both lower bounds:
   the larger estimate is the tighter one).
@@ -56,6 +57,7 @@ from ddchm.validation import check_positive_int, make_generator
 
 MAX_ENUMERATED_UNITS = 24  # binary latent units in all; 2^24 joint configurations at most
 MIN_ESS = 10.0  # below this median effective sample size an IS estimate is flagged
+MAX_LOG_W_SPREAD = 2.0  # nats: above this mean spread of log w across chains AIS is flagged
 
 
 def is_enumerable(model: HierarchicalModel) -> bool:
@@ -235,6 +237,12 @@ def model_quality(
                 "ais_cpu_s": time.process_time() - ais_tic,
             }
         )
+        if out["ais_log_w_std"] > MAX_LOG_W_SPREAD:
+            warnings.append(
+                f"AIS: log w spreads by {out['ais_log_w_std']:.2f} nats across a point's chains "
+                f"(above {MAX_LOG_W_SPREAD:g}): the chains disagree and the estimate may be loose "
+                "by about the spread squared / 2; raise the temperatures (--ais-steps)"
+            )
         if fitted_log_px is not None:
             paired = (result.log_px - fitted_log_px[: ais_x.shape[0]]).double()
             out["is_ll_fitted_on_ais_points"] = float(fitted_log_px[: ais_x.shape[0]].mean())

@@ -262,3 +262,24 @@ def test_compare_on_a_model_without_enumeration_tabulates_ais_and_is(tmp_path, c
     assert all(math.isfinite(finals[a][0]["log p(x) [AIS]"]) for a in ("ws", "rws"))
     metrics = (out / "ws-seed0" / "metrics.jsonl").read_text().splitlines()
     assert sum("mmd2" in line for line in metrics) >= 11
+
+
+def test_reproduce_names_ais_as_the_estimator_where_latents_are_continuous(tmp_path):
+    import ddchm.reproduce as reproduce
+
+    threads = torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(reproduce.SETTINGS, "synthetic", ("mixed",))
+            patch.setattr(reproduce, "methods_for", lambda config, model: ["ddc", "ws"])
+            tables = reproduce.reproduce("synthetic", tmp_path, seeds=1, quick=True, log=print)
+    finally:
+        torch.set_num_threads(threads)
+    table = tables["synthetic"].read_text()
+    assert "log p(x): AIS log-likelihood" in table and "2 chains x 5 temperatures" in table
+    assert "CPU s per 1,000 points" in table
+    results = json.loads((tmp_path / "synthetic" / "results.json").read_text())
+    for record in results[0]["methods"]["ws"]:
+        assert record["log_likelihood_estimator"] == "ais"
+        assert record["log_likelihood"] == record["ais_ll"]
+        assert len(record["curve"]) >= 2 and all("mmd2" in p for p in record["curve"])

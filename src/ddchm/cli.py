@@ -1,7 +1,8 @@
 """Command line: ``ddchm train | evaluate | compare | sample | data``.
 
 ddchm train [CONFIG] [--out DIR] [--steps N] [--seed S] [--device D]
-ddchm evaluate RUN_DIR
+ddchm evaluate RUN_DIR [--points N] [--particles K] [--ais] [--ais-steps T] [--ais-chains C]
+               [--ais-points M] [--min-ess E]
 ddchm sample MODEL -n N --seed S -o FILE      MODEL: a synthetic truth or a run directory
 ddchm data list
 """

@@ -235,3 +235,10 @@ def test_blend_never_leaks_a_non_finite_side():
         [torch.zeros(2, 1)], [torch.full((2, 1), float("inf"))], torch.tensor([0.0, 0.0]), 10.0
     )[0]
     assert torch.equal(out, torch.zeros(2, 1))
+
+
+def test_mps_is_refused_with_the_reason():
+    from ddchm.experiment import ConfigError, resolve_device
+
+    with pytest.raises(ConfigError, match="'mps' is not supported: .*float64"):
+        resolve_device("mps")

@@ -1,7 +1,8 @@
 """Command line: ``ddchm train | evaluate | compare | sample | data``.
 
 ddchm train [CONFIG] [--out DIR] [--steps N] [--seed S] [--device D]
-ddchm evaluate RUN_DIR
+ddchm evaluate RUN_DIR [--points N] [--particles K] [--ais] [--ais-steps T] [--ais-chains C]
+               [--ais-points M] [--min-ess E]
 ddchm sample MODEL -n N --seed S -o FILE      MODEL: a synthetic truth or a run directory
 ddchm data list
 """
@@ -230,9 +231,16 @@ def cmd_evaluate(args) -> int:
     model = build_model(config["model"], data)
     algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])
     restore_state(run_dir / CHECKPOINT, state, model, algorithm)
+    ais = (
+        f", AIS on {min(args.points, args.ais_points)} of them with {args.ais_chains} chains x "
+        f"{args.ais_steps} temperatures"
+        if args.ais
+        else ""
+    )
     print(
-        f"ddchm evaluate: {model.describe()} on {len(data['test'])} held-out points "
-        f"({args.particles} importance samples per point)",
+        f"ddchm evaluate: {model.describe()} on {min(args.points, len(data['test']))} of "
+        f"{len(data['test'])} held-out points ({args.particles} importance samples per point"
+        f"{ais})",
         file=sys.stderr,
     )
     quality = model_quality(
@@ -244,12 +252,72 @@ def cmd_evaluate(args) -> int:
         n_particles=args.particles,
         proposal_steps=args.proposal_steps,
         n_permutations=args.permutations,
+        ais_chains=args.ais_chains if args.ais else 0,
+        ais_steps=args.ais_steps,
+        ais_points=args.ais_points,
+        min_ess=args.min_ess,
         seed=args.seed,
         progress=not args.no_progress,
     )
+    for line in quality["warnings"]:
+        print(f"ddchm evaluate: warning: {line}", file=sys.stderr)
     summary.update({k: _rounded(v) for k, v in quality.items()})
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _min_ess(text: str) -> float:
+    value = float(text)
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text}")
+    return value
+
+
+def _add_evaluation_arguments(p, ais_default: bool) -> None:
+    """The held-out log-likelihood's protocol: points, particles, AIS temperatures and chains."""
+    p.add_argument(
+        "--points", type=_positive_int, default=500, help="held-out points for the likelihood"
+    )
+    p.add_argument(
+        "--particles",
+        type=_positive_int,
+        default=5000,
+        help="importance samples per point, drawn 100 at a time (default 5000)",
+    )
+    if ais_default:
+        p.add_argument(
+            "--no-ais",
+            dest="ais",
+            action="store_false",
+            help="no AIS estimate of the final models (where the latents cannot be enumerated)",
+        )
+    else:
+        p.add_argument(
+            "--ais",
+            action="store_true",
+            help="also annealed importance sampling (AIS) of log p(x), prior -> posterior",
+        )
+    p.add_argument(
+        "--ais-steps",
+        type=_positive_int,
+        default=200,
+        help="AIS annealing temperatures (default 200)",
+    )
+    p.add_argument(
+        "--ais-chains", type=_positive_int, default=16, help="AIS chains per point (default 16)"
+    )
+    p.add_argument(
+        "--ais-points",
+        type=_positive_int,
+        default=100,
+        help="held-out points AIS measures, the first of --points (default 100)",
+    )
+    p.add_argument(
+        "--min-ess",
+        type=_min_ess,
+        default=10.0,
+        help="warn when the median effective sample size of IS is below this (default 10)",
+    )
 
 
 def _rounded(value):
@@ -279,7 +347,7 @@ def cmd_compare(args) -> int:
     )
     torch.set_num_threads(1)  # CPU seconds then measure one core's work, the same for all
     budget = args.cpu_seconds or base["train"]["max_cpu_seconds"]
-    results, first_cpu, data_samples = {}, {}, None
+    results, first_cpu, data_samples, phases = {}, {}, None, {}
     for index, name in enumerate(algorithms):
         results[name] = []
         for seed in range(args.seeds):
@@ -295,9 +363,18 @@ def cmd_compare(args) -> int:
                 config["train"]["max_cpu_seconds"] = cap
                 if index > 0 or budget is not None:
                     config["train"]["steps"] = 100 * config["train"]["steps"]
+            else:  # the first run sets the budget by steps: spread its evaluations over them
+                steps = config["train"]["steps"]
+                every = min(config["train"]["eval_every"], max(1, steps // CURVE_POINTS))
+                config["train"]["eval_every"] = every
             what = f"{cap:.1f} CPU s" if cap else f"{config['train']['steps']} steps"
             print(f"ddchm compare: {name}, seed {seed}, {what}")
-            result = run(config, out_dir=out / f"{name}-seed{seed}", progress=not args.no_progress)
+            result = run(
+                config,
+                out_dir=out / f"{name}-seed{seed}",
+                progress=not args.no_progress,
+                curve_points=CURVE_POINTS,
+            )
             if index == 0:
                 first_cpu[seed] = result["final"].get("cpu_time")
             if data_samples is None:
@@ -309,8 +386,22 @@ def cmd_compare(args) -> int:
             curve = {k: [r.get(k, float("nan")) for r in records] for k in keys}
             samples = result["model"].sample(64, generator=seed)[0].cpu().numpy()
             final = {k: v for k, v in result["final"].items() if isinstance(v, (int, float))}
+            quality = _compare_quality(result, args, seed)
+            protocol = quality["protocol"]
+            for line in quality["warnings"]:
+                print(f"ddchm compare: {name}, seed {seed}: warning: {line}", file=sys.stderr)
+            final.update(_likelihood_columns(quality))
+            phase = getattr(result["algorithm"], "wake_phase", None)
+            if phase is not None:  # which DDC-HM this row measures
+                phases.setdefault(name, []).append(phase.name)
             results[name].append({"seed": seed, "curve": curve, "final": final, "samples": samples})
-    columns = [k for k in (*COMPACT, "step", "cpu_time", "time") if _any_final(results, k)]
+    likelihood = [
+        k for k in LIKELIHOOD_COLUMNS.values() if k != "eval_cpu_s" and _any_final(results, k)
+    ]
+    eval_cpu = [r["final"]["eval_cpu_s"] for runs in results.values() for r in runs]
+    columns = [
+        k for k in (*likelihood, *COMPACT, "step", "cpu_time", "time") if _any_final(results, k)
+    ]
     write_comparison(
         results,
         out,
@@ -318,8 +409,17 @@ def cmd_compare(args) -> int:
         data_samples=data_samples,
         notes=(
             "Every run had the same CPU-second budget of one thread (`cpu_time`; wall-clock "
-            "`time` beside it). `nll_gap`, `test_nll`: nats per point; `mmd2`: MMD² to "
-            "held-out data. Every final metric is in comparison.json."
+            "`time` beside it). `log p(x) [...]`: held-out log-likelihood of the final model, "
+            "nats per point, by the estimator in brackets (exact enumeration; AIS; IS through "
+            f"a proposal fitted to each model the same way); protocol: {protocol}; it took "
+            f"{np.mean(eval_cpu):.0f} CPU s per run (`eval_cpu_s` in comparison.json). "
+            "`nll_gap`, `test_nll`: nats per point; `mmd2`: MMD² to held-out data (the "
+            f"learning curves: evaluated about {CURVE_POINTS} times over each run's CPU "
+            "budget). Every final metric is in comparison.json."
+            + "".join(
+                f" {name}'s wake phase per seed: {', '.join(seeds)}."
+                for name, seeds in phases.items()
+            )
         ),
     )
     (out / "comparison.json").write_text(
@@ -328,6 +428,46 @@ def cmd_compare(args) -> int:
     print((out / "comparison.md").read_text())
     print(f"figures and table in {out}")
     return 0
+
+
+CURVE_POINTS = 12  # evaluations over a run's CPU budget, besides the one at the start
+LIKELIHOOD_COLUMNS = {
+    "exact_ll": "log p(x) [exact]",
+    "ais_ll": "log p(x) [AIS]",
+    "is_ll_fitted": "log p(x) [IS]",
+    "ais_minus_is": "AIS - IS (paired, AIS points)",
+    "is_ll_fitted_ess_median": "IS ESS median",
+    "ais_log_w_std": "AIS log w spread",
+    "eval_cpu_s": "eval_cpu_s",
+}
+
+
+def _compare_quality(result: dict, args, seed: int) -> dict:
+    """The final model's held-out log-likelihood by the most trustworthy estimator at hand:
+    exact where the latents can be enumerated, else AIS (unless --no-ais) beside IS."""
+    from ddchm.evaluate.quality import is_enumerable, model_quality
+
+    data, model = result["data"], result["model"]
+    exact = is_enumerable(model)
+    return model_quality(
+        model,
+        data["test"],
+        data["train"],
+        None,
+        n_points=args.points,
+        n_particles=args.particles,
+        proposal_steps=0 if exact else 500,
+        n_permutations=0,
+        ais_chains=args.ais_chains if (args.ais and not exact) else 0,
+        ais_steps=args.ais_steps,
+        ais_points=args.ais_points,
+        min_ess=args.min_ess,
+        seed=0,  # the same held-out points and random numbers for every run
+    )
+
+
+def _likelihood_columns(quality: dict) -> dict:
+    return {name: quality[key] for key, name in LIKELIHOOD_COLUMNS.items() if key in quality}
 
 
 def _any_final(results, key) -> bool:
@@ -485,17 +625,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild a run's data and model from its checkpoint and measure the model on "
         "the held-out test split: exact log-likelihood where the latents can be enumerated; "
         "importance-sampled log-likelihood through a proposal fitted to the model (every "
-        "algorithm) and through the algorithm's own q (baselines), with standard errors and "
-        "effective sample sizes; MMD between model samples and held-out data, with the "
-        "held-out-vs-train floor and a permutation p-value.",
+        "algorithm) and through the algorithm's own q, with standard errors and the spread of "
+        "effective sample sizes (a warning when the median ESS is below --min-ess); with --ais, "
+        "annealed importance sampling (every algorithm, DDC-HM included: it needs only the "
+        "generative model) with the chains' spread of log w as a bias diagnostic; MMD "
+        "between model samples and held-out data, with the held-out-vs-train floor and a "
+        "permutation p-value.",
     )
     p.add_argument("run_dir", help="a run directory written by `ddchm train` (has checkpoint.pt)")
-    p.add_argument(
-        "--particles", type=_positive_int, default=200, help="importance samples per point"
-    )
-    p.add_argument(
-        "--points", type=_positive_int, default=500, help="held-out points for the likelihood"
-    )
+    _add_evaluation_arguments(p, ais_default=False)
     p.add_argument(
         "--proposal-steps",
         type=int,
@@ -531,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config's, else the CPU time the first algorithm takes for its steps)",
     )
     p.add_argument("--out", default=None, help="output folder (default runs/compare-CONFIG)")
+    _add_evaluation_arguments(p, ais_default=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
 

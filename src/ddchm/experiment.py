@@ -185,10 +185,16 @@ def _check_algorithm_arguments(section: dict, origin: str) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N' or 'mps', checked to exist."""
+    """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N', checked to exist; 'mps' is
+    refused with the reason."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
+    if device.type == "mps":
+        raise ConfigError(
+            "train.device: 'mps' is not supported: the gradient maps and the ridge readout "
+            "solve in float64, which MPS does not provide; use 'cpu' or 'cuda'"
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
@@ -200,10 +206,6 @@ def resolve_device(name: str) -> torch.device:
                 f"train.device: {name!r} asked for, but there are only "
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )
-    if device.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ConfigError(f"train.device: {name!r} asked for, but MPS is not available")
     return device
 
 
@@ -428,11 +430,18 @@ def check_resume(out_dir: str | Path, config: dict) -> None:
         )
 
 
-def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+def run(
+    config: dict,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    curve_points: int | None = None,
+) -> dict:
     """Train as configured; returns {'records', 'final', 'model', 'algorithm', 'data'}.
 
     An ``out_dir`` holding a checkpoint is resumed if its saved config matches (see
-    :func:`check_resume`)."""
+    :func:`check_resume`). ``curve_points``: with a CPU-time budget (``train.max_cpu_seconds``),
+    also evaluate every budget / ``curve_points`` CPU seconds, so the learning curve has at
+    least that many points besides the start, whatever ``train.eval_every``."""
     device = resolve_device(config["train"]["device"])
     if out_dir is not None:
         check_resume(out_dir, config)
@@ -458,6 +467,11 @@ def run(config: dict, out_dir: str | Path | None = None, progress: bool = True) 
         extra_state={"config": config},
         max_seconds=train_cfg["max_seconds"],
         max_cpu_seconds=train_cfg["max_cpu_seconds"],
+        eval_every_cpu_s=(
+            train_cfg["max_cpu_seconds"] / curve_points
+            if curve_points and train_cfg["max_cpu_seconds"]
+            else None
+        ),
     )
     final = records[-1] if records else {}
     return {

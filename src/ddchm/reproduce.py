@@ -18,13 +18,18 @@ Protocol (ours: the paper's own hyper-parameters are not published with it):
   fair); wall-clock is reported beside it. Seeds 0..N-1 pair the runs: for seed s every method
   starts from the same model initialisation and sees the same minibatches.
 * **Metrics** (:func:`ddchm.evaluate.quality.model_quality`, on held-out data): exact
-  log-likelihood where the latents can be enumerated, else importance-sampled through a
-  proposal fitted to the trained model (the same for every method; the baselines' own q too);
+  log-likelihood where the latents can be enumerated, else AIS (``ais_points`` points,
+  ``ais_chains`` chains x ``ais_steps`` temperatures; it needs only the generative model, so
+  every method is measured alike) beside importance sampling with ``n_particles`` particles
+  through a proposal fitted to the trained model (the same for every method; the baselines'
+  own q too), with its effective sample sizes;
   MMD^2 between model samples and held-out data, its held-out-vs-train floor and permutation
-  p-value; posterior accuracy on the enumerable truths. Every run, and the true model, is
-  measured on the same held-out points with the same random numbers. A run that diverges is
-  recorded as such and the others go on. Run again with the same ``--out``, the runs resume from
-  their checkpoints (a spent budget is not trained again) and are measured afresh.
+  p-value; posterior accuracy on the enumerable truths. The learning curves are evaluated
+  about ``CURVE_POINTS`` times over each run's CPU budget (exact NLL, else MMD^2). Every run,
+  and the true model, is measured on the same held-out points with the same random numbers. A
+  run that diverges is recorded as such and the others go on. Run again with the same
+  ``--out``, the runs resume from their checkpoints (a spent budget is not trained again) and
+  are measured afresh.
 
 Each setting writes ``OUT/SETTING/results.json``, ``table.md`` and figures.
 """
@@ -42,8 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddchm.evaluate.plots import plot_learning_curves, plot_samples, save_figure
-from ddchm.evaluate.quality import model_quality
+from ddchm.evaluate.plots import Y_LABELS, plot_learning_curves, plot_samples, save_figure
+from ddchm.evaluate.quality import is_enumerable, model_quality
 from ddchm.evaluate.report import format_mean_stderr, mean_stderr
 from ddchm.experiment import ConfigError, load_config, run
 from ddchm.train import DivergenceError
@@ -69,11 +74,14 @@ DDC_VARIANTS = {
 EVALUATION = {
     "full": {
         "n_points": 500,
-        "n_particles": 200,
+        "n_particles": 5000,
         "proposal_steps": 500,
         "proposal_samples": 500,
         "mmd_samples": 1000,
         "n_permutations": 100,
+        "ais_chains": 16,
+        "ais_steps": 200,
+        "ais_points": 100,
     },
     "quick": {
         "n_points": 100,
@@ -82,8 +90,12 @@ EVALUATION = {
         "proposal_samples": 200,
         "mmd_samples": 200,
         "n_permutations": 20,
+        "ais_chains": 2,
+        "ais_steps": 5,
+        "ais_points": 10,
     },
 }
+CURVE_POINTS = 12  # learning-curve evaluations over a run's CPU budget
 QUICK_CPU_SECONDS = 0.5
 
 
@@ -124,7 +136,7 @@ def run_one(config: dict, out_dir: Path, evaluation: dict, seed: int, progress: 
     """Train one method with one seed and measure it; a divergence is recorded, not raised."""
     wall = time.perf_counter()
     try:
-        result = run(config, out_dir=out_dir, progress=progress)
+        result = run(config, out_dir=out_dir, progress=progress, curve_points=CURVE_POINTS)
     except DivergenceError as error:
         return {"status": "diverged", "message": str(error), "seed": seed}
     final = result["final"]
@@ -132,12 +144,12 @@ def run_one(config: dict, out_dir: Path, evaluation: dict, seed: int, progress: 
     # every run is measured with the same random numbers (held-out points, particles, MMD
     # permutations), as the true model is: differences between runs are then the models'
     quality = model_quality(
-        model, data["test"], data["train"], result["algorithm"], seed=0, **evaluation
+        model, data["test"], data["train"], result["algorithm"], seed=0, **_sizes(model, evaluation)
     )
     curve = [
-        {k: r[k] for k in ("step", "time", "cpu_time", "test_nll") if k in r}
+        {k: r[k] for k in ("step", "time", "cpu_time", "test_nll", "mmd2") if k in r}
         for r in result["records"]
-        if "test_nll" in r
+        if "test_nll" in r or "mmd2" in r
     ]
     phase = getattr(result["algorithm"], "wake_phase", None)
     return {
@@ -156,6 +168,11 @@ def run_one(config: dict, out_dir: Path, evaluation: dict, seed: int, progress: 
     }
 
 
+def _sizes(model, evaluation: dict) -> dict:
+    """The evaluation sizes for ``model``: no AIS where log p(x) can be enumerated."""
+    return {**evaluation, "ais_chains": 0} if is_enumerable(model) else evaluation
+
+
 def _dictionary(model):
     """The observation layer's weights (D_x, D_1) as a list, for the patches figure."""
     weight = getattr(model.observation, "weight", None)
@@ -167,7 +184,8 @@ def reference_quality(data: dict, evaluation: dict) -> dict | None:
     truth = data.get("truth")
     if truth is None:
         return None
-    return model_quality(truth.model, data["test"], data["train"], seed=0, **evaluation)
+    sizes = _sizes(truth.model, evaluation)
+    return model_quality(truth.model, data["test"], data["train"], seed=0, **sizes)
 
 
 def reproduce_experiment(
@@ -223,12 +241,16 @@ def _describe(config: dict) -> str:
 
 
 def _ll(record: dict) -> float:
-    return record.get("exact_ll", record.get("is_ll_fitted", math.nan))
+    """The headline log p(x): exact, else AIS, else IS (``log_likelihood`` of model_quality)."""
+    return record.get("log_likelihood", math.nan)
 
 
 # --- tables and figures -----------------------------------------------------------------------
 COLUMNS = (
     ("log p(x)", _ll),
+    ("AIS − IS, same points", lambda r: r.get("ais_minus_is", math.nan)),
+    ("IS fitted q", lambda r: r.get("is_ll_fitted", math.nan)),
+    ("IS ESS median", lambda r: r.get("is_ll_fitted_ess_median", math.nan)),
     ("IS own q", lambda r: r.get("is_ll_own", math.nan)),
     ("MMD² ×10³", lambda r: 1e3 * r["mmd2"]),
     ("p < 0.05", None),  # seeds whose samples the permutation test tells from the data
@@ -239,10 +261,22 @@ COLUMNS = (
 )
 
 
+WARNINGS = {  # the start of a model_quality warning -> its summary in a table's notes
+    "AIS:": "AIS chains disagree (log w spread > 2 nats)",
+    "IS through the fitted proposal:": "IS fitted q median ESS < 10",
+    "IS through the own q:": "IS own q median ESS < 10",
+}
+
+
 def experiment_table(result: dict) -> str:
-    """Markdown: one row per method, mean ± s.e. across seeds; diverged runs counted."""
+    """Markdown: one row per method, mean ± s.e. across seeds; diverged runs counted; the
+    log-likelihood's estimator, protocol and cost in the notes."""
     reference = result.get("reference")
-    ll_kind = "exact" if reference and "exact_ll" in reference else "importance-sampled"
+    records_ok = [r for rs in result["methods"].values() for r in rs if r["status"] == "ok"]
+    first = reference or (records_ok[0] if records_ok else {})
+    ll_kind = {"exact": "exact", "ais": "AIS", "is": "importance-sampled"}.get(
+        first.get("log_likelihood_estimator"), "–"
+    )
     header = "| method | seeds | " + " | ".join(name for name, _ in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
     for method, records in result["methods"].items():
@@ -261,28 +295,58 @@ def experiment_table(result: dict) -> str:
         label += f" ({diverged} diverged)" if diverged else ""
         lines.append(f"| {label} | {len(ok)}/{len(records)} | " + " | ".join(cells) + " |")
     if reference:
-        ref_ll = reference.get("exact_ll", reference.get("is_ll_fitted", math.nan))
         floor = 1e3 * reference.get("mmd2_floor", math.nan)
-        lines.append(
-            f"| true model | – | {ref_ll:.4f} | – | {1e3 * reference['mmd2']:.3f} | "
-            f"{int(reference.get('mmd_p_value', 1) < 0.05)}/1 | – | – | – | – |"
-        )
+        cells = []
+        for name, get in COLUMNS:
+            if get is None:
+                cells.append(f"{int(reference.get('mmd_p_value', 1) < 0.05)}/1")
+            elif name in ("log p(x)", "IS fitted q", "IS ESS median", "MMD² ×10³"):
+                value = get(reference)
+                cells.append(f"{value:.4f}" if math.isfinite(value) else "–")
+            else:
+                cells.append("–")
+        lines.append("| true model | – | " + " | ".join(cells) + " |")
     else:
-        floor = np.nanmean(
-            [1e3 * r.get("mmd2_floor", math.nan) for rs in result["methods"].values() for r in rs]
-        )
+        floor = np.nanmean([1e3 * r.get("mmd2_floor", math.nan) for r in records_ok])
+    cost = np.nanmean([r.get("eval_cpu_s", math.nan) for r in records_ok]) if records_ok else 0
+    ais_cost = [r["ais_cpu_s"] / r["ais_points"] * 1000 for r in records_ok if "ais_cpu_s" in r]
+    is_cost = [
+        r["is_ll_fitted_cpu_s"] / r["n_points"] * 1000
+        for r in records_ok
+        if "is_ll_fitted_cpu_s" in r
+    ]
+    per_1000 = "".join(
+        f"; {what} {np.mean(values):.0f} CPU s per 1,000 points"
+        for what, values in (("AIS", ais_cost), ("IS", is_cost))
+        if values
+    )
     notes = (
         f"\nlog p(x): {ll_kind} log-likelihood of held-out data, nats per point (higher is "
-        "better; importance-sampled values are lower bounds through a proposal fitted to each "
-        "model the same way); IS own q: through the baseline's own recognition model. "
+        f"better); protocol: {first.get('protocol', '–')}. AIS − IS: the paired difference "
+        "on the AIS points (both are lower bounds in expectation: the larger is the tighter; "
+        "the IS column is on all the IS points). IS fitted q: importance sampling "
+        "through a proposal fitted to each model the same way (a lower bound in expectation), "
+        "with the median effective sample size of its weights; IS own q: through the "
+        "method's own recognition model. "
         f"MMD² between model samples and held-out data (lower is better); held-out-vs-train "
-        f"floor {floor:.3f} ×10⁻³. Budget {result['budget_cpu_s']:g} CPU s per run."
+        f"floor {floor:.3f} ×10⁻³. Budget {result['budget_cpu_s']:g} CPU s per run; the "
+        f"evaluation took {cost:.0f} CPU s per run{per_1000}."
     )
+    warned = []
+    for method, records in result["methods"].items():
+        ok = [r for r in records if r["status"] == "ok"]
+        for kind, label in WARNINGS.items():
+            n = sum(any(w.startswith(kind) for w in r.get("warnings", [])) for r in ok)
+            if n:
+                warned.append(f"{method}: {label} in {n}/{len(ok)} seeds")
+    if warned:
+        notes += " Warnings: " + "; ".join(warned) + "."
     return "\n".join(lines) + "\n" + notes
 
 
 def write_figures(result: dict, out: Path) -> list[str]:
-    """samples.png (data beside each method), curve.png (enumerable), dictionary.png."""
+    """samples.png (data beside each method), curve.png (exact NLL, else MMD^2, against CPU
+    time), dictionary.png (patches)."""
     names = []
     panels = {"held-out data": np.asarray(result["data_samples"])}
     for method, records in result["methods"].items():
@@ -301,21 +365,28 @@ def write_figures(result: dict, out: Path) -> list[str]:
     )
     save_figure(fig, out / "samples.png")
     names.append("samples.png")
-    curves = {
-        method: [
-            {k: [p[k] for p in r["curve"]] for k in ("cpu_time", "test_nll")}
-            for r in records
-            if r["status"] == "ok" and len(r.get("curve", [])) > 1
-        ]
-        for method, records in result["methods"].items()
-    }
-    curves = {k: v for k, v in curves.items() if v}
-    if curves:
-        fig = plot_learning_curves(
-            curves, "test_nll", x_axes=("cpu_time",), ylabel="exact test NLL (nats per point)"
-        )
-        save_figure(fig, out / "curve.png")
-        names.append("curve.png")
+    for metric in ("test_nll", "mmd2"):  # exact NLL where enumerable, else MMD^2
+        curves = {
+            method: [
+                {k: [p[k] for p in r["curve"] if metric in p] for k in ("cpu_time", metric)}
+                for r in records
+                if r["status"] == "ok" and sum(metric in p for p in r.get("curve", [])) > 1
+            ]
+            for method, records in result["methods"].items()
+        }
+        curves = {k: v for k, v in curves.items() if v}
+        if curves:
+            positive = all(v > 0 for cs in curves.values() for c in cs for v in c[metric])
+            fig = plot_learning_curves(
+                curves,
+                metric,
+                x_axes=("cpu_time",),
+                ylabel=Y_LABELS[metric],
+                log_y=metric == "mmd2" and positive,
+            )
+            save_figure(fig, out / "curve.png")
+            names.append("curve.png")
+            break
     if result["name"] == "patches":
         ddc = next((r for r in result["methods"].get("ddc", []) if r["status"] == "ok"), None)
         if ddc is not None and ddc.get("dictionary") is not None:

@@ -335,6 +335,7 @@ def train(
     max_seconds: float | None = None,
     max_cpu_seconds: float | None = None,
     guard: DivergenceGuard | None = None,
+    eval_every_cpu_s: float | None = None,
 ) -> list[dict]:
     """Run ``algorithm.step`` for ``steps`` minibatches of ``data``; returns the logged records.
 
@@ -345,7 +346,9 @@ def train(
     time; ``max_cpu_seconds`` after that much CPU time of this process in training steps
     (``time.process_time()``: robust to other processes sharing the machine, so comparisons at a
     matched budget stay fair; give the process one thread). Records carry both, as ``time``
-    and ``cpu_time``.
+    and ``cpu_time``. ``eval_every_cpu_s`` also evaluates each time the training CPU time
+    passes another multiple of it (a learning curve with points spread over the budget,
+    whatever ``eval_every``).
 
     Failures: a step that ``guard`` (default :class:`DivergenceGuard`) refuses is undone (model,
     algorithm and data order restored to before it) and :class:`DivergenceError` is raised; no
@@ -360,7 +363,11 @@ def train(
         ("eval_every", eval_every),
     ):
         check_positive_int(value, name)
-    for name, value in (("max_seconds", max_seconds), ("max_cpu_seconds", max_cpu_seconds)):
+    for name, value in (
+        ("max_seconds", max_seconds),
+        ("max_cpu_seconds", max_cpu_seconds),
+        ("eval_every_cpu_s", eval_every_cpu_s),
+    ):
         if value is not None and not (
             isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
         ):
@@ -456,6 +463,11 @@ def train(
             )
 
         step = start_step
+        next_cpu_eval = (
+            math.inf
+            if eval_every_cpu_s is None
+            else (math.floor(cpu_elapsed / eval_every_cpu_s) + 1) * eval_every_cpu_s
+        )
         bar = tqdm(
             total=steps,
             initial=start_step,
@@ -499,7 +511,12 @@ def train(
                 times = {"time": round(elapsed, 4), "cpu_time": round(cpu_elapsed, 4)}
                 if step % log_every == 0 or last:
                     record = {"step": step, **times, **metrics}
-                if evaluate is not None and (step % eval_every == 0 or last):
+                on_cpu_schedule = cpu_elapsed >= next_cpu_eval
+                if on_cpu_schedule:
+                    next_cpu_eval = (
+                        math.floor(cpu_elapsed / eval_every_cpu_s) + 1
+                    ) * eval_every_cpu_s
+                if evaluate is not None and (step % eval_every == 0 or last or on_cpu_schedule):
                     record = {"step": step, **times, **metrics, **evaluate()}
                     problem = guard.check_evaluation(step, record)
                     if problem is not None:

@@ -12,7 +12,25 @@ importance_log_likelihood`) through a proposal fitted to the trained model by sl
   off its expected encodings: :func:`own_proposal`).
   Both are stochastic lower bounds of log p(x) in expectation: the higher, the tighter.
   Each comes with ``_se`` (standard error over the held-out points), ``_mc_se`` (Monte Carlo
-  standard error of the estimator) and ``_ess`` (mean effective sample size out of K).
+  standard error of the estimator), the effective sample size out of K (``_ess`` its mean,
+  ``_ess_median``, ``_ess_q10`` its 10th percentile, ``_ess_min``), ``_low_ess`` (the fraction
+  of points whose ESS is below ``min_ess``) and ``_cpu_s``. An estimate whose median ESS is
+  below ``min_ess`` (10) rests on a handful of weights: its delta-method error is then itself
+  unreliable and the bound may be loose by more than it says, so a line in ``warnings`` says so.
+* ``ais_ll``: annealed importance sampling (:func:`~ddchm.evaluate.ais.ais_log_likelihood`,
+  prior -> posterior, Gibbs on binary layers, HMC on continuous ones) on the first
+  ``ais_points`` of the same held-out points, with ``ais_chains`` chains of ``ais_steps``
+  temperatures each (``ais_chains=0``: none). It needs only the generative model, so every
+  algorithm, DDC-HM included, is measured the same way. With ``_se``, ``_mc_se``, ``_ess``
+  (of the chain weights), ``_log_w_std`` (spread of log w across a point's chains: the bias
+  diagnostic, the gap of one chain being about var(log w) / 2; a line in ``warnings`` above
+  ``MAX_LOG_W_SPREAD``, 2 nats), ``_cpu_s``, and
+  ``is_ll_fitted_on_ais_points`` and ``ais_minus_is`` / ``ais_minus_is_se``: the paired
+  difference AIS - IS on those points and its standard error over them (both lower bounds:
+  the larger estimate is the tighter one).
+* ``log_likelihood`` and ``log_likelihood_estimator``: the estimate to report, the most
+  trustworthy available: 'exact', else 'ais', else 'is' (the fitted proposal's);
+  ``protocol``: one line saying which points, particles and temperatures it used.
 * ``mmd2``: unbiased MMD^2 (Gaussian kernel, median-heuristic bandwidths 0.25..4 x) between
   ``n`` model samples and ``n`` held-out data points, with ``mmd_p_value`` from a permutation
   test (small: the model's samples are told apart from the data) and ``mmd2_floor``: the same
@@ -24,8 +42,10 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
+from ddchm.evaluate.ais import ais_log_likelihood
 from ddchm.evaluate.likelihood import (
     exact_log_likelihood,
     fit_proposal,
@@ -36,6 +56,8 @@ from ddchm.models.hierarchical import HierarchicalModel
 from ddchm.validation import check_positive_int, make_generator
 
 MAX_ENUMERATED_UNITS = 24  # binary latent units in all; 2^24 joint configurations at most
+MIN_ESS = 10.0  # below this median effective sample size an IS estimate is flagged
+MAX_LOG_W_SPREAD = 2.0  # nats: above this mean spread of log w across chains AIS is flagged
 
 
 def is_enumerable(model: HierarchicalModel) -> bool:
@@ -62,17 +84,45 @@ def _rows(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     return x[torch.randperm(x.shape[0], generator=generator)[:n]]
 
 
+def ess_summary(ess: torch.Tensor, prefix: str, min_ess: float) -> dict[str, float]:
+    """Mean, median, 10th percentile and minimum of per-point ESS, and the fraction below
+    ``min_ess``."""
+    values = ess.detach().double().cpu().numpy()
+    return {
+        f"{prefix}_ess": float(values.mean()),
+        f"{prefix}_ess_median": float(np.median(values)),
+        f"{prefix}_ess_q10": float(np.quantile(values, 0.1)),
+        f"{prefix}_ess_min": float(values.min()),
+        f"{prefix}_low_ess": float((values < min_ess).mean()),
+    }
+
+
 @torch.no_grad()
-def _importance(model, x, proposal, n_particles, seed, progress, prefix) -> dict:
+def _importance(model, x, proposal, n_particles, seed, progress, prefix, min_ess):
+    """(figures, per-point log p^) of importance sampling through ``proposal``."""
+    tic = time.process_time()
     result = importance_log_likelihood(
         model, x, proposal, n_particles=n_particles, generator=seed, progress=progress
     )
-    return {
+    out = {
         prefix: result.mean,
         f"{prefix}_se": result.stderr,
         f"{prefix}_mc_se": result.mc_stderr,
-        f"{prefix}_ess": float(result.ess.mean()),
+        **ess_summary(result.ess, prefix, min_ess),
+        f"{prefix}_cpu_s": time.process_time() - tic,
     }
+    return out, result.log_px
+
+
+def _low_ess_warning(out: dict, prefix: str, what: str, min_ess: float) -> str | None:
+    if out[f"{prefix}_ess_median"] >= min_ess:
+        return None
+    return (
+        f"{what}: median effective sample size {out[f'{prefix}_ess_median']:.1f} of "
+        f"{int(out['n_particles'])} particles is below {min_ess:g} "
+        f"({100 * out[f'{prefix}_low_ess']:.0f}% of points below it); the estimate is a loose "
+        "lower bound and its standard error unreliable: use more particles or AIS (--ais)"
+    )
 
 
 def model_quality(
@@ -82,11 +132,15 @@ def model_quality(
     algorithm=None,
     *,
     n_points: int = 500,
-    n_particles: int = 200,
+    n_particles: int = 5000,
     proposal_steps: int = 500,
     proposal_samples: int = 500,
     mmd_samples: int = 1000,
     n_permutations: int = 100,
+    ais_chains: int = 0,
+    ais_steps: int = 200,
+    ais_points: int = 100,
+    min_ess: float = MIN_ESS,
     seed: int = 0,
     progress: bool = False,
 ) -> dict:
@@ -98,16 +152,22 @@ def model_quality(
             no floor).
         algorithm: the algorithm that learned it, for its own proposal (None: none).
         n_points: held-out points for the log-likelihoods (a seeded subset).
-        n_particles: K, importance samples per point.
+        n_particles: K, importance samples per point (drawn in chunks of 100 particles x 100
+            points, so memory does not grow with K).
         proposal_steps, proposal_samples: sleep-phase updates, and dreams per update, of the
             fitted proposal (0 steps: no fitted-proposal estimate).
         mmd_samples: model samples and held-out points of the MMD (each at most this many).
         n_permutations: of the MMD permutation test (0: no p-value).
+        ais_chains, ais_steps: AIS chains per point and annealing temperatures (0 chains: no
+            AIS); ais_points: how many of the held-out points AIS measures (the first of the
+            likelihood subset). AIS costs about ais_chains x ais_steps Gibbs sweeps per point.
+        min_ess: the median ESS below which an importance-sampled estimate is flagged.
         seed: every random draw (subsets, samples, particles, proposal fit) derives from it.
         progress: tqdm bars on the importance sampling and the permutation test.
 
     Returns a flat dict of floats (keys in the module docstring) plus ``eval_cpu_s``, the CPU
-    seconds the evaluation took.
+    seconds the evaluation took, and three non-numbers: ``log_likelihood_estimator``,
+    ``protocol`` and ``warnings`` (a list of lines).
     """
     if not isinstance(model, HierarchicalModel):
         raise TypeError(f"model: expected a HierarchicalModel, got {type(model).__name__}")
@@ -115,12 +175,19 @@ def model_quality(
     n_particles = check_positive_int(n_particles, "n_particles")
     proposal_steps = check_positive_int(proposal_steps, "proposal_steps", minimum=0)
     mmd_samples = check_positive_int(mmd_samples, "mmd_samples", minimum=2)
+    ais_chains = check_positive_int(ais_chains, "ais_chains", minimum=0)
+    ais_steps = check_positive_int(ais_steps, "ais_steps")
+    ais_points = check_positive_int(ais_points, "ais_points")
+    if not (isinstance(min_ess, (int, float)) and min_ess >= 1):
+        raise ValueError(f"min_ess: expected a number >= 1, got {min_ess!r}")
     tic = time.process_time()
     reference = next(model.parameters())
     test = model.check_data(torch.as_tensor(test), "test").to(reference)
     generator = make_generator(seed)
     points = _rows(test, n_points, generator)
-    out: dict[str, float] = {"n_points": float(points.shape[0]), "n_particles": float(n_particles)}
+    out: dict = {"n_points": float(points.shape[0]), "n_particles": float(n_particles)}
+    warnings: list[str] = []
+    fitted_log_px = None
 
     if is_enumerable(model):
         previous = reference.dtype
@@ -132,12 +199,58 @@ def model_quality(
         proposal = fit_proposal(
             model, n_steps=proposal_steps, sleep_samples=proposal_samples, generator=seed + 1
         )
-        out.update(
-            _importance(model, points, proposal, n_particles, seed + 2, progress, "is_ll_fitted")
+        figures, fitted_log_px = _importance(
+            model, points, proposal, n_particles, seed + 2, progress, "is_ll_fitted", min_ess
+        )
+        out.update(figures)
+        warnings.append(
+            _low_ess_warning(out, "is_ll_fitted", "IS through the fitted proposal", min_ess)
         )
     own = own_proposal(algorithm) if algorithm is not None else None
     if own is not None:
-        out.update(_importance(model, points, own, n_particles, seed + 3, progress, "is_ll_own"))
+        figures, _ = _importance(
+            model, points, own, n_particles, seed + 3, progress, "is_ll_own", min_ess
+        )
+        out.update(figures)
+        warnings.append(_low_ess_warning(out, "is_ll_own", "IS through the own q", min_ess))
+    if ais_chains > 0:
+        ais_x = points[:ais_points]
+        ais_tic = time.process_time()
+        result = ais_log_likelihood(
+            model,
+            ais_x,
+            n_chains=ais_chains,
+            n_steps=ais_steps,
+            generator=seed + 6,
+            progress=progress,
+        )
+        out.update(
+            {
+                "ais_ll": result.mean,
+                "ais_ll_se": result.stderr,
+                "ais_ll_mc_se": result.mc_stderr,
+                "ais_ess": float(result.ess.mean()),
+                "ais_log_w_std": result.info["log_w_std"],
+                "ais_points": float(ais_x.shape[0]),
+                "ais_chains": float(ais_chains),
+                "ais_steps": float(ais_steps),
+                "ais_cpu_s": time.process_time() - ais_tic,
+            }
+        )
+        if out["ais_log_w_std"] > MAX_LOG_W_SPREAD:
+            warnings.append(
+                f"AIS: log w spreads by {out['ais_log_w_std']:.2f} nats across a point's chains "
+                f"(above {MAX_LOG_W_SPREAD:g}): the chains disagree and the estimate may be loose "
+                "by about the spread squared / 2; raise the temperatures (--ais-steps)"
+            )
+        if fitted_log_px is not None:
+            paired = (result.log_px - fitted_log_px[: ais_x.shape[0]]).double()
+            out["is_ll_fitted_on_ais_points"] = float(fitted_log_px[: ais_x.shape[0]].mean())
+            out["ais_minus_is"] = float(paired.mean())
+            out["ais_minus_is_se"] = (
+                float(paired.std() / paired.numel() ** 0.5) if paired.numel() > 1 else 0.0
+            )
+    _headline(out)
 
     held_out = _rows(test, mmd_samples, generator).double()
     samples = model.sample(held_out.shape[0], generator=seed + 4)[0].double()
@@ -160,4 +273,26 @@ def model_quality(
         out["mmd2_floor"] = floor.mmd2
     out["mmd_samples"] = float(held_out.shape[0])
     out["eval_cpu_s"] = time.process_time() - tic
+    out["warnings"] = [w for w in warnings if w]
     return out
+
+
+def _headline(out: dict) -> None:
+    """Add ``log_likelihood``, its estimator and a one-line protocol to ``out``."""
+    n, k = int(out["n_points"]), int(out["n_particles"])
+    if "exact_ll" in out:
+        out["log_likelihood"], out["log_likelihood_estimator"] = out["exact_ll"], "exact"
+        out["protocol"] = f"exact log p(x) by enumeration on {n} held-out points"
+    elif "ais_ll" in out:
+        out["log_likelihood"], out["log_likelihood_estimator"] = out["ais_ll"], "ais"
+        out["protocol"] = (
+            f"AIS on {int(out['ais_points'])} held-out points, {int(out['ais_chains'])} chains "
+            f"x {int(out['ais_steps'])} temperatures (prior -> posterior)"
+        )
+    elif "is_ll_fitted" in out:
+        out["log_likelihood"], out["log_likelihood_estimator"] = out["is_ll_fitted"], "is"
+        out["protocol"] = f"IS on {n} held-out points, {k} particles (fitted proposal)"
+    else:
+        return
+    if "is_ll_fitted" in out and out["log_likelihood_estimator"] != "is":
+        out["protocol"] += f"; IS {k} particles (fitted proposal) on {n} points"

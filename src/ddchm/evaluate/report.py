@@ -38,6 +38,7 @@ from ddchm.evaluate.plots import (
 from ddchm.evaluate.posterior import posterior_mean_errors
 
 CURVE_X_KEYS = ("cpu_time", "step", "time")
+LOG_Y = ("mmd2",)  # falls by orders of magnitude early: a log axis shows the rest of the curve
 
 
 def mean_stderr(values) -> tuple[float, float, int]:
@@ -180,7 +181,11 @@ def write_comparison(
             if not x_axes:
                 continue
             fig = plot_learning_curves(
-                curves, metric, x_axes=x_axes[:2], ylabel=Y_LABELS.get(metric, metric)
+                curves,
+                metric,
+                x_axes=x_axes[:2],
+                ylabel=Y_LABELS.get(metric, metric),
+                log_y=metric in LOG_Y and _all_positive(curves, metric),
             )
             name = f"curve_{_slug(metric)}.png"
             save_figure(fig, out_dir / name, dpi)
@@ -204,6 +209,11 @@ def write_comparison(
     path = out_dir / "comparison.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
+
+
+def _all_positive(curves, metric) -> bool:
+    values = [v for cs in curves.values() for c in cs for v in c[metric]]
+    return all(v > 0 for v in values if math.isfinite(v))
 
 
 def _curve_metrics(results) -> list[str]:

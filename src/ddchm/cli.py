@@ -58,8 +58,9 @@ def cmd_train(args) -> int:
         f"ddchm train: {config['algorithm']['name']} on {_describe_data(config['data'])}, "
         f"{config['train']['steps']} steps -> {out}"
     )
-    if config["algorithm"]["name"] == "ddc":
-        print(f"DDC-HM wake phase: {_requested_wake_phase(config['algorithm'])}")
+    phase = _requested_wake_phase(config["algorithm"])
+    if config["algorithm"]["name"] == "ddc" and phase:  # an unknown one is refused next
+        print(f"DDC-HM wake phase: {phase}")
     result = run(config, out_dir=out, progress=not args.no_progress)
     print(_summary(result))
     figures = _train_figures(result, Path(out))
@@ -136,12 +137,13 @@ def _describe_data(section: dict) -> str:
     return f"{section['source']} data"
 
 
-def _requested_wake_phase(section: dict) -> str:
-    phase = section.get(
-        "wake_encodings", "amortised" if section.get("preset") == "paper" else "auto"
-    )
+def _requested_wake_phase(section: dict) -> str | None:
+    from ddchm.ddc.options import PRESETS, WAKE_ENCODINGS
+
+    preset = PRESETS.get(section.get("preset", "default"), {})
+    phase = section.get("wake_encodings", preset.get("wake_encodings", "auto"))
     if phase != "auto":
-        return phase
+        return phase if phase in WAKE_ENCODINGS else None
     return (
         "auto (importance-sampled while the targets' median ESS reaches wake_min_ess, "
         "measured on the first step and every wake_check_every steps; else amortised)"

@@ -229,8 +229,7 @@ class DDCHelmholtzMachine(Algorithm):
                 r = blend(r, e.targets, e.ess, phase.min_ess)
             if self.options.wake.wake_gradient == "particles":
                 drawn = self.particles.last[0] if self.particles.state_bits else None
-                prior = prior or self.particles.prior(sleep, self.generator, features)
-                objective = particle_objective(self.model, batch, prior, self.wake_estimates, drawn)
+                objective = particle_objective(self.model, batch, self.wake_estimates, drawn)
                 grads = torch.autograd.grad(objective, self.params)
                 ascent = dict(zip(self.param_names, grads))
             else:

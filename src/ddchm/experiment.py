@@ -8,15 +8,25 @@ that name the key, because a misspelt hyper-parameter that is silently ignored w
     [algorithm]  name = "ddc" | "ws" | "rws" | "vimco" | "vae" | "iwae", then its own arguments
     [train]      steps, batch_size, seed, log_every, eval_every, checkpoint_every,
                  max_seconds (wall-clock budget), max_cpu_seconds (CPU-time budget), device
-    [evaluate]   n_test, posterior_points
+    [evaluate]   points (the held-out protocol: how many test points every log-likelihood
+                 and MMD of the run uses, in training, in its summary and in `ddchm evaluate`),
+                 posterior_points
+
+Relative paths in a config file (``data.path``) are read from the file's folder, so a config
+works from any directory; a config given as a dict reads them from the working directory. The
+config a run records (``config.toml`` in its directory, and in the checkpoint) holds them
+absolute.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import inspect
+import os
 import tomllib
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -67,8 +77,10 @@ DEFAULTS = {
         "max_cpu_seconds": None,
         "device": "auto",
     },
-    "evaluate": {"posterior_points": 500},
+    "evaluate": {"points": 500, "posterior_points": 500},
 }
+
+RUN_CONFIG = "config.toml"  # beside checkpoint.pt in a run directory
 
 # name -> "module:Class"; imported on demand so a missing optional piece fails only when used
 ALGORITHMS = {
@@ -139,8 +151,18 @@ def load_config(source: str | Path | dict | None = None, overrides: dict | None 
                     f"{did_you_mean(unknown[0], DEFAULTS[section])}; "
                     f"expected some of {sorted(DEFAULTS[section])}"
                 )
+    model_section = raw.get("model", {})
+    if model_section.get("layers") is not None and "architecture" in model_section:
+        raise ConfigError(
+            f"{origin}: [model] gives both layers and architecture; give one (layers for your "
+            "own architecture, architecture = 'truth' for the synthetic truth's)"
+        )
     for section, defaults in DEFAULTS.items():
         config[section] = {**defaults, **raw.get(section, {})}
+    base = Path(origin).parent if origin != "config" else Path.cwd()
+    if isinstance(config["data"]["path"], str) and config["data"]["path"]:
+        # a run directory stands alone: the path it records is absolute, found from anywhere
+        config["data"]["path"] = str((base / Path(config["data"]["path"]).expanduser()).resolve())
     try:
         for section, checks in SCHEMA.items():
             for key, check in checks.items():
@@ -315,37 +337,50 @@ def build_algorithm(section: dict, model: HierarchicalModel, seed: int):
 
 # --- evaluation ----------------------------------------------------------------------------
 class Evaluator:
-    """What a run reports as it learns. Enumerable models: exact test NLL, its gap to the true
-    model, and posterior accuracy (the algorithm's E[z|x] against the current model's exact
-    posterior means, mean absolute error over units and points). Other models: ``mmd2``, the
-    unbiased MMD^2 between ``mmd_points`` model samples and as many held-out points, with
-    bandwidths (0.25..4 x the median distance) fixed on the held-out data at the start, so the
-    values of one run are on one scale; every call draws its samples from the same seed."""
+    """What a run reports as it learns, on the run's held-out protocol (the points
+    :func:`~ddchm.evaluate.quality.heldout_sets` draws from the test split, the same that the
+    summary of ``ddchm train`` and ``ddchm evaluate`` measure). Enumerable models: exact test
+    NLL on ``points`` held-out points, its gap to the true model (on the same points), and
+    posterior accuracy (the algorithm's E[z|x] against the current model's exact posterior
+    means, mean absolute error over units and the first ``posterior_points`` test points).
+    Other models: ``mmd2`` (:class:`~ddchm.evaluate.quality.HeldOutMMD`, ``mmd_samples``
+    points). Each result names its points under ``heldout``."""
 
-    def __init__(self, model, algorithm, data: dict, posterior_points: int = 500, mmd_points=500):
+    def __init__(
+        self,
+        model,
+        algorithm,
+        data: dict,
+        posterior_points: int = 500,
+        points: int = 500,
+        mmd_samples: int = 1000,
+    ):
+        from ddchm.evaluate.quality import heldout_description, heldout_sets
+
         self.model, self.algorithm = model, algorithm
-        self.test = data["test"].to(next(model.parameters()))
-        self.posterior_x = self.test[:posterior_points]
+        test = data["test"].to(next(model.parameters()))
+        self.test, mmd_x = heldout_sets(test, points, mmd_samples, seed=0)
+        self.heldout = heldout_description(points, test.shape[0])
+        self.posterior_x = test[:posterior_points]
         self.truth_nll = None
         truth = data.get("truth")
         if truth is not None and truth.enumerable:
             with torch.no_grad():
                 self.truth_nll = float(
-                    -exact_reference(truth.model).log_marginal(data["test"]).mean()
+                    -exact_reference(truth.model).log_marginal(self.test.double()).mean()
                 )
         latents = model.layers[1:]
         self.enumerable = (
             all(layer.discrete for layer in latents) and sum(layer.dim for layer in latents) <= 24
         ) or (truth is not None and truth.enumerable and truth.model.config() == model.config())
+        self.mmd = None
         if not self.enumerable:
-            from ddchm.evaluate.mmd import MULTI, median_distance
+            from ddchm.evaluate.quality import HeldOutMMD
 
-            self.mmd_x = data["test"][:mmd_points].double().cpu()
             try:
-                base = median_distance(self.mmd_x, generator=0)
-                self.bandwidths = tuple(c * base for c in MULTI)
+                self.mmd = HeldOutMMD(mmd_x)
             except ValueError:  # fewer than 2 distinct held-out points: no MMD to report
-                self.mmd_x = self.mmd_x[:0]
+                self.mmd = None
 
     @torch.no_grad()
     def __call__(self) -> dict:
@@ -362,12 +397,12 @@ class Evaluator:
             estimated = self.algorithm.posterior_means(self.posterior_x)
             errors = [(e.double() - m).abs().mean() for e, m in zip(estimated, exact_means)]
             out["posterior_mae"] = float(torch.stack(errors).mean())
-        elif self.mmd_x.shape[0] >= 2:
-            from ddchm.evaluate.mmd import mmd
-
-            samples = self.model.sample(self.mmd_x.shape[0], generator=0)[0].double().cpu()
+        elif self.mmd is not None:
+            samples = self.mmd.samples(self.model)
             if bool(torch.isfinite(samples).all()):
-                out["mmd2"] = mmd(samples, self.mmd_x, bandwidth=self.bandwidths).mmd2
+                out["mmd2"] = self.mmd(self.model).mmd2
+        if out:
+            out["heldout"] = self.heldout
         return out
 
 
@@ -382,7 +417,7 @@ RESUMABLE = {
         "max_cpu_seconds",
         "device",
     },
-    "evaluate": {"posterior_points"},
+    "evaluate": {"posterior_points"},  # not evaluate.points: one held-out protocol per run
 }
 
 
@@ -403,31 +438,100 @@ def config_differences(saved: dict, config: dict) -> list[str]:
             if key in RESUMABLE.get(section, ()):
                 continue
             a, b = plain(old.get(key, "(unset)")), plain(new.get(key, "(unset)"))
+            if (section, key) == ("data", "path") and isinstance(a, str) and isinstance(b, str):
+                a, b = str(Path(a).resolve()), str(Path(b).resolve())  # older runs: relative
             if a != b:
                 out.append(f"{section}.{key}: {a!r} -> {b!r}")
     return out
 
 
-def check_resume(out_dir: str | Path, config: dict) -> None:
-    """Refuse to resume a run directory whose checkpoint was made with other hyper-parameters:
-    the optimiser would keep the old ones while the checkpoint recorded the new."""
+def data_fingerprint(data: dict) -> dict:
+    """{split: {'shape': [...], 'sha256': hex}} of the train, valid and test splits (their
+    float64 values, row-major): what a resumed run must train on again."""
+    out = {}
+    for split in ("train", "valid", "test"):
+        tensor = data.get(split)
+        if isinstance(tensor, torch.Tensor):
+            values = np.ascontiguousarray(tensor.detach().cpu().double().numpy())
+            out[split] = {
+                "shape": list(values.shape),
+                "sha256": hashlib.sha256(values.tobytes()).hexdigest(),
+            }
+    return out
+
+
+def fingerprint_differences(saved: dict, current: dict) -> list[str]:
+    """'split: shape ... -> ..., SHA-256 ... -> ...' for each split whose data changed."""
+    out = []
+    for split in sorted(set(saved) | set(current)):
+        old, new = saved.get(split, {}), current.get(split, {})
+        if old == new:
+            continue
+        parts = []
+        if old.get("shape") != new.get("shape"):
+            parts.append(f"shape {old.get('shape')} -> {new.get('shape')}")
+        parts.append(
+            f"SHA-256 {str(old.get('sha256', '(none)'))[:12]}... -> "
+            f"{str(new.get('sha256', '(none)'))[:12]}..."
+        )
+        out.append(f"{split} split: {', '.join(parts)}")
+    return out
+
+
+def check_resume(out_dir: str | Path, config: dict, data: dict | None = None) -> None:
+    """Refuse to resume a run directory whose checkpoint was made with other hyper-parameters
+    (the optimiser would keep the old ones while the checkpoint recorded the new) or, given
+    ``data``, on other data (the learning curve would mix two data sets): a
+    :class:`ConfigError` lists each difference."""
     from ddchm.train import CHECKPOINT, load_checkpoint
 
     path = Path(out_dir) / CHECKPOINT
     if not path.is_file():
         return
-    saved = load_checkpoint(path).get("config")
-    if not isinstance(saved, dict):
-        return  # a checkpoint written without a config (the Python API)
-    changed = config_differences(saved, config)
-    if changed:
-        raise ConfigError(
-            f"{path}: this run was made with a different config, so it cannot be resumed with "
-            f"this one ({'; '.join(changed)}). Use the original settings to resume, or another "
-            "run directory (--out) for the new ones. Only train.steps, log_every, eval_every, "
-            "checkpoint_every, max_seconds, max_cpu_seconds, device and [evaluate] may change "
-            "on resuming."
-        )
+    state = load_checkpoint(path)
+    saved = state.get("config")
+    if isinstance(saved, dict):  # a checkpoint written by the Python API may hold none
+        changed = config_differences(saved, config)
+        if changed:
+            raise ConfigError(
+                f"{path}: this run was made with a different config, so it cannot be resumed "
+                f"with this one ({'; '.join(changed)}). Use the original settings to resume, or "
+                "another run directory (--out) for the new ones. Only train.steps, log_every, "
+                "eval_every, checkpoint_every, max_seconds, max_cpu_seconds, device and "
+                "evaluate.posterior_points may change on resuming."
+            )
+    saved_data = state.get("data_fingerprint")
+    if data is not None and isinstance(saved_data, dict):
+        changed = fingerprint_differences(saved_data, data_fingerprint(data))
+        if changed:
+            where = config.get("data", {}).get("path") or config.get("data", {}).get("source")
+            raise ConfigError(
+                f"{path}: the data changed since this run was checkpointed "
+                f"({'; '.join(changed)}; data: {where}), so resuming would mix two data sets in "
+                "one run. Restore the original data to resume, or train on the new data in "
+                "another run directory (--out)."
+            )
+
+
+def write_run_config(out_dir: str | Path, config: dict) -> Path:
+    """Write ``config.toml`` (the resolved config, data paths absolute) into the run
+    directory, atomically; ``ddchm train OUT/config.toml`` repeats the run."""
+    import tomli_w
+
+    def plain(value):  # TOML has no null (an unset key takes its default) and no tuple
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if v is not None}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    path = Path(out_dir) / RUN_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    header = "# the resolved config of this run, written by ddchm; unset keys take defaults\n"
+    tmp.write_text(header + tomli_w.dumps(plain(config)), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def run(
@@ -444,11 +548,21 @@ def run(
     least that many points besides the start, whatever ``train.eval_every``."""
     device = resolve_device(config["train"]["device"])
     if out_dir is not None:
-        check_resume(out_dir, config)
+        check_resume(out_dir, config)  # before the data are built: a config error is cheap
     data = build_data(config["data"])
+    fingerprint = data_fingerprint(data)
+    if out_dir is not None:
+        check_resume(out_dir, config, data)
+        write_run_config(out_dir, config)
     model = build_model(config["model"], data).to(device)
     algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])
-    evaluator = Evaluator(model, algorithm, data, config["evaluate"]["posterior_points"])
+    evaluator = Evaluator(
+        model,
+        algorithm,
+        data,
+        config["evaluate"]["posterior_points"],
+        points=config["evaluate"]["points"],
+    )
     from ddchm.train import train
 
     train_cfg = config["train"]
@@ -464,7 +578,7 @@ def run(
         evaluate=evaluator,
         eval_every=train_cfg["eval_every"],
         progress=progress,
-        extra_state={"config": config},
+        extra_state={"config": config, "data_fingerprint": fingerprint},
         max_seconds=train_cfg["max_seconds"],
         max_cpu_seconds=train_cfg["max_cpu_seconds"],
         eval_every_cpu_s=(
@@ -482,3 +596,70 @@ def run(
         "data": data,
         "truth_nll": evaluator.truth_nll,
     }
+
+
+# --- a run directory, back in Python --------------------------------------------------------
+@dataclass
+class Run:
+    """A trained run, loaded from its directory by :func:`load_run`.
+
+    ``model`` and ``algorithm`` are in the state of the checkpoint (``step`` steps trained);
+    ``data`` holds the train / valid / test splits the run trained and was measured on (and
+    ``truth`` for synthetic data); ``records`` the logged metrics up to ``step``; ``config`` the
+    resolved config; ``checkpoint`` the rest of the checkpoint (elapsed and CPU time, ...).
+    """
+
+    path: Path
+    config: dict
+    model: HierarchicalModel
+    algorithm: object
+    data: dict
+    step: int
+    records: list[dict]
+    checkpoint: dict
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
+    """Load a run directory written by ``ddchm train`` (or :func:`run` with ``out_dir``): its
+    data rebuilt from the recorded config (checked against the fingerprint the run recorded),
+    its model and algorithm restored from ``checkpoint.pt``. Works from any directory.
+
+    Raises FileNotFoundError (no checkpoint there), CheckpointError (damaged, unsafe, or
+    written without a config) or ConfigError (the data changed since the run).
+    """
+    from ddchm.train import (
+        CHECKPOINT,
+        CheckpointError,
+        load_checkpoint,
+        read_metrics,
+        restore_state,
+    )
+
+    path = Path(run_dir)
+    if not (path / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"{path}: no {CHECKPOINT} here; is it a ddchm run directory?")
+    state = load_checkpoint(path / CHECKPOINT)
+    config = state.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path / CHECKPOINT}: holds no config (written by the Python API's train()?), so "
+            "its data cannot be rebuilt; train it with `ddchm train CONFIG` or "
+            "ddchm.experiment.run(config, out_dir)"
+        )
+    data = build_data(config["data"])
+    saved = state.get("data_fingerprint")
+    if isinstance(saved, dict):
+        changed = fingerprint_differences(saved, data_fingerprint(data))
+        if changed:
+            raise ConfigError(
+                f"{path}: the data changed since this run ({'; '.join(changed)}; data: "
+                f"{config['data'].get('path') or config['data']['source']}), so its model would "
+                "be measured on other data; restore the original data"
+            )
+    model = build_model(config["model"], data)
+    algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])
+    restore_state(path / CHECKPOINT, state, model, algorithm)
+    model.to(resolve_device(device))
+    records = [r for r in read_metrics(path) if r.get("step", 0) <= state["step"]]
+    rest = {k: v for k, v in state.items() if k not in ("model", "algorithm", "config")}
+    return Run(path, config, model, algorithm, data, state["step"], records, rest)

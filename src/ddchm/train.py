@@ -25,16 +25,18 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import re
 import signal
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ddchm.algorithms.base import Algorithm
+from ddchm.progress import progress_bar
 from ddchm.validation import check_positive_int, make_generator
 
 CHECKPOINT = "checkpoint.pt"
@@ -84,16 +86,20 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        detail = _unpickler_detail(str(error))
-        if re.search(r"global|unsupported class|reduce", detail, re.IGNORECASE):
+        # torch's weights-only unpickler refuses what is not tensors and containers with this
+        # type; whether the pickle itself is intact tells a refusal from damage
+        objects = _pickled_globals(path)
+        if objects is not None:
+            foreign = sorted(g for g in objects if not g.startswith(SAFE_GLOBAL_PREFIXES))
+            named = ", ".join(foreign) or _unpickler_detail(str(error))
             raise CheckpointError(
                 f"{path}: refused to load: it holds Python objects, which could run code, "
-                f"not only tensors and numbers ({detail}). A ddchm checkpoint never does; do not "
+                f"not only tensors and numbers ({named}). A ddchm checkpoint never does; do not "
                 f"use this file. {recover}"
             ) from None
         raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({detail}). It is damaged or not a ddchm "
-            f"checkpoint. {recover}"
+            f"{path}: cannot read the checkpoint ({_unpickler_detail(str(error))}). It is damaged "
+            f"or not a ddchm checkpoint. {recover}"
         ) from None
     except Exception as error:  # torch raises several types for damaged files
         raise CheckpointError(
@@ -108,6 +114,19 @@ def load_checkpoint(path: Path) -> dict:
     missing = [key for key in REQUIRED if key not in state]
     if missing:
         raise CheckpointError(f"{path}: not a ddchm checkpoint (missing {missing}). {recover}")
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(
+            f"{path}: its step is {step!r}, not a whole number >= 0: damaged or not written by "
+            f"ddchm. {recover}"
+        )
+    for key in ("elapsed", "cpu_elapsed"):
+        value = state.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise CheckpointError(
+                f"{path}: its {key} is {value!r}, not a number of seconds >= 0: damaged or not "
+                f"written by ddchm. {recover}"
+            )
     version = state.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -115,6 +134,36 @@ def load_checkpoint(path: Path) -> dict:
             f"{FORMAT_VERSION}; upgrade ddchm to resume it"
         )
     return state
+
+
+# what torch itself pickles in a tensors-only checkpoint (tensor rebuilders, dtypes, storages,
+# OrderedDict); any other global is a Python object
+SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode")
+
+
+def _pickled_globals(path: Path) -> set[str] | None:
+    """The globals ('module.name') the checkpoint's pickle refers to, read without running it
+    (pickletools), or None if the file is not an intact torch zip archive with a pickle."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            if name is None:
+                return None
+            payload = archive.read(name)
+    except (zipfile.BadZipFile, OSError, KeyError, RuntimeError):
+        return None
+    found, strings = set(), []
+    try:
+        for opcode, argument, _ in pickletools.genops(payload):
+            if opcode.name == "GLOBAL":
+                found.add(str(argument).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(argument, str):
+                strings.append(argument)
+    except Exception:  # a torn pickle: damage, not a refusal
+        return None
+    return found
 
 
 def _unpickler_detail(text: str) -> str:
@@ -184,7 +233,11 @@ class Minibatches:
 
 class DivergenceError(FloatingPointError):
     """A step made the model or algorithm state NaN/inf, or training blew up; the message names
-    the tensor or figure and the step. The failing step was not applied."""
+    the tensor or figure and the step (also ``step``). The failing step was not applied."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 class TrainingInterrupted(Exception):
@@ -454,7 +507,8 @@ def train(
             raise DivergenceError(
                 f"training diverged at step {step}: {problem}; {what} and {kept}. Try a lower "
                 "learning rate (algorithm.lr), a smaller init_scale, or check the data; start a "
-                "fresh run directory for the new settings."
+                "fresh run directory for the new settings.",
+                step,
             )
 
         def out_of_budget():
@@ -468,7 +522,7 @@ def train(
             if eval_every_cpu_s is None
             else (math.floor(cpu_elapsed / eval_every_cpu_s) + 1) * eval_every_cpu_s
         )
-        bar = tqdm(
+        bar = progress_bar(
             total=steps,
             initial=start_step,
             disable=not progress,

@@ -87,10 +87,10 @@ class RecogniserTraining:
     def fit_only(self, n_steps: int, progress: bool, data=None) -> float:
         """``n_steps`` updates on fresh dreams (and minibatches of 100 rows of ``data``, drawn
         with the machine's generator), theta fixed; the last loss."""
-        from tqdm.auto import trange
+        from ddchm.progress import progress_bar
 
         machine, loss = self.machine, float("nan")
-        for _ in trange(n_steps, disable=not progress, desc="recognition"):
+        for _ in progress_bar(range(n_steps), disable=not progress, desc="recognition"):
             batch = None
             if data is not None:
                 generator, device = machine.generator, machine.device

@@ -57,11 +57,11 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ddchm.evaluate.likelihood import LogLikelihoodResult, weights_summary
 from ddchm.models.hierarchical import HierarchicalModel
 from ddchm.models.layers import Bernoulli
+from ddchm.progress import progress_bar
 from ddchm.validation import check_positive_int, make_generator
 
 BINARY_MOVES = ("gibbs", "flip")
@@ -386,7 +386,7 @@ def ais_log_likelihood(
         chain = _AnnealedChain(model, x[rows], k, generator, moves)
         log_w = torch.zeros(chain.x.shape[0], dtype=x.dtype, device=x.device)
         desc = f"AIS points {rows.start}-{rows.stop - 1}"
-        for t in tqdm(range(1, len(betas)), desc=desc, disable=not progress):
+        for t in progress_bar(range(1, len(betas)), desc=desc, disable=not progress):
             log_w += (betas[t] - betas[t - 1]) * chain.log_likelihood()
             for _ in range(n_sweeps):
                 chain.sweep(float(betas[t]))

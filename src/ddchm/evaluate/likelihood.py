@@ -31,10 +31,10 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from ddchm.models.exact import ExactInference
 from ddchm.models.hierarchical import HierarchicalModel
+from ddchm.progress import progress_bar
 from ddchm.validation import check_positive_int, make_generator
 
 
@@ -148,7 +148,7 @@ def importance_log_likelihood(
     log_w_sum = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
     log_w2_sum = log_w_sum.clone()
     jobs = [(s, c) for s in range(0, n, batch) for c in range(0, k, chunk)]
-    for start, c_start in tqdm(jobs, desc="importance sampling", disable=not progress):
+    for start, c_start in progress_bar(jobs, desc="importance sampling", disable=not progress):
         rows = slice(start, min(n, start + batch))
         xb, kc = x[rows], min(chunk, k - c_start)
         latents, log_q = proposal.sample_with_log_prob(xb, kc, generator)

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ddchm.progress import progress_bar
 from ddchm.validation import (
     as_tensor,
     check_finite,
@@ -242,7 +242,7 @@ def mmd(
     batch = check_positive_int(permutation_batch, "permutation_batch")
     observed, exceed = None, 0
     starts = range(0, n_permutations, batch)
-    for start in tqdm(starts, desc="MMD permutations", disable=not progress):
+    for start in progress_bar(starts, desc="MMD permutations", disable=not progress):
         size = min(batch, n_permutations - start)
         # Each column: a uniformly random choice of which m pooled points form "X".
         order = torch.argsort(torch.rand(pooled.shape[0], size, generator=generator), dim=0)

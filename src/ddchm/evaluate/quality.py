@@ -31,11 +31,12 @@ importance_log_likelihood`) through a proposal fitted to the trained model by sl
 * ``log_likelihood`` and ``log_likelihood_estimator``: the estimate to report, the most
   trustworthy available: 'exact', else 'ais', else 'is' (the fitted proposal's);
   ``protocol``: one line saying which points, particles and temperatures it used.
-* ``mmd2``: unbiased MMD^2 (Gaussian kernel, median-heuristic bandwidths 0.25..4 x) between
-  ``n`` model samples and ``n`` held-out data points, with ``mmd_p_value`` from a permutation
-  test (small: the model's samples are told apart from the data) and ``mmd2_floor``: the same
-  statistic between the held-out points and ``n`` training points, with the same bandwidths,
-  i.e. what a model that reproduced the data distribution would score.
+* ``mmd2``: unbiased MMD^2 (Gaussian kernel, bandwidths 0.25..4 x the median distance of the
+  held-out points: :class:`HeldOutMMD`) between ``n`` model samples and ``n`` held-out points,
+  with ``mmd_p_value`` from a permutation test (small: the model's samples are told apart
+  from the data) and ``mmd2_floor``: the same statistic between the held-out points and ``n``
+  training points, with the same bandwidths, i.e. what a model that reproduced the data
+  distribution would score.
 """
 
 from __future__ import annotations
@@ -82,6 +83,50 @@ def _rows(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     if x.shape[0] <= n:
         return x
     return x[torch.randperm(x.shape[0], generator=generator)[:n]]
+
+
+def heldout_sets(test: torch.Tensor, n_points: int, mmd_samples: int, seed=0):
+    """The held-out protocol: (points of the log-likelihoods, points of the MMD), seeded
+    subsets of ``test`` (all of it when it is smaller); ``seed``: an int or a generator, which
+    then moves on. Training's evaluations, the summary of ``ddchm train`` and ``ddchm
+    evaluate`` all measure a run on these, so they agree."""
+    generator = make_generator(seed)
+    points = _rows(test, n_points, generator)
+    return points, _rows(test, mmd_samples, generator)
+
+
+def heldout_description(n_points: int, n_test: int, seed: int = 0) -> str:
+    """'test split: N of M points (seed S)': the held-out points a figure was measured on."""
+    return f"test split: {min(n_points, n_test)} of {n_test} points (seed {seed})"
+
+
+class HeldOutMMD:
+    """MMD^2 of a model's samples to fixed held-out points, with bandwidths (0.25..4 x the
+    median distance) fixed on those points: one kernel for every model and every call, so
+    the figures of one run, and of every run on the same data, are on one scale. A call
+    draws ``len(points)`` model samples from the seed ``seed + 4``."""
+
+    def __init__(self, points: torch.Tensor, seed: int = 0):
+        from ddchm.evaluate.mmd import median_distance
+
+        self.points, self.seed = points.double().cpu(), seed
+        self.bandwidths = tuple(c * median_distance(self.points, generator=seed + 5) for c in MULTI)
+
+    def samples(self, model) -> torch.Tensor:
+        return model.sample(self.points.shape[0], generator=self.seed + 4)[0].double().cpu()
+
+    def __call__(self, model, n_permutations: int = 0, progress: bool = False):
+        """The :class:`~ddchm.evaluate.mmd.MMDResult` of ``model`` (with a permutation p-value
+        when ``n_permutations`` > 0)."""
+        return mmd(
+            self.samples(model),
+            self.points,
+            bandwidth=self.bandwidths,
+            n_permutations=n_permutations,
+            generator=self.seed + 5,
+            permutation_max_points=1000,
+            progress=progress,
+        )
 
 
 def ess_summary(ess: torch.Tensor, prefix: str, min_ess: float) -> dict[str, float]:
@@ -166,8 +211,9 @@ def model_quality(
         progress: tqdm bars on the importance sampling and the permutation test.
 
     Returns a flat dict of floats (keys in the module docstring) plus ``eval_cpu_s``, the CPU
-    seconds the evaluation took, and three non-numbers: ``log_likelihood_estimator``,
-    ``protocol`` and ``warnings`` (a list of lines).
+    seconds the evaluation took, and four non-numbers: ``log_likelihood_estimator``,
+    ``protocol``, ``heldout`` (which test points: :func:`heldout_description`) and
+    ``warnings`` (a list of lines).
     """
     if not isinstance(model, HierarchicalModel):
         raise TypeError(f"model: expected a HierarchicalModel, got {type(model).__name__}")
@@ -184,7 +230,7 @@ def model_quality(
     reference = next(model.parameters())
     test = model.check_data(torch.as_tensor(test), "test").to(reference)
     generator = make_generator(seed)
-    points = _rows(test, n_points, generator)
+    points, held_out = heldout_sets(test, n_points, mmd_samples, generator)
     out: dict = {"n_points": float(points.shape[0]), "n_particles": float(n_particles)}
     warnings: list[str] = []
     fitted_log_px = None
@@ -252,17 +298,8 @@ def model_quality(
             )
     _headline(out)
 
-    held_out = _rows(test, mmd_samples, generator).double()
-    samples = model.sample(held_out.shape[0], generator=seed + 4)[0].double()
-    result = mmd(
-        samples,
-        held_out,
-        multipliers=MULTI,
-        n_permutations=n_permutations,
-        generator=seed + 5,
-        permutation_max_points=1000,
-        progress=progress,
-    )
+    held_out = held_out.double().cpu()
+    result = HeldOutMMD(held_out, seed)(model, n_permutations, progress)
     out["mmd2"] = result.mmd2
     if result.p_value is not None:
         out["mmd_p_value"] = result.p_value
@@ -272,6 +309,7 @@ def model_quality(
         floor = mmd(reference_points, held_out, bandwidth=result.bandwidths)
         out["mmd2_floor"] = floor.mmd2
     out["mmd_samples"] = float(held_out.shape[0])
+    out["heldout"] = heldout_description(n_points, test.shape[0], seed)
     out["eval_cpu_s"] = time.process_time() - tic
     out["warnings"] = [w for w in warnings if w]
     return out

@@ -650,7 +650,12 @@ def cmd_data_download(args) -> int:
             bars[name] = tqdm(total=total, desc=name, unit="B", unit_scale=True)
         bars[name].update(done - bars[name].n)
 
-    path = download_mnist(_cache_dir(args.cache_dir, "mnist"), progress=progress)
+    from ddchm.data.download import MNIST_MIRRORS
+
+    mirrors = tuple(args.mirror) if args.mirror else MNIST_MIRRORS
+    path = download_mnist(
+        _cache_dir(args.cache_dir, "mnist"), mirrors=mirrors, progress=progress, retry_wait=0.5
+    )
     for bar in bars.values():
         bar.close()
     print(f"MNIST is in {path}{_cache_hint(args.cache_dir)}")
@@ -849,6 +854,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("download", help="download full MNIST (SHA-256 checked, resumable)")
     q.add_argument("dataset", choices=["mnist"], help="the data set to download")
     q.add_argument("--cache-dir", default=None, help=CACHE_HELP.format(name="mnist"))
+    q.add_argument(
+        "--mirror",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="a base URL serving the four MNIST .gz files (repeat for several; default: the "
+        "public mirrors); the SHA-256 of each file is checked whatever its source",
+    )
     q.set_defaults(func=cmd_data_download)
     q = data_sub.add_parser(
         "offline-mnist",

@@ -85,27 +85,25 @@ def load_checkpoint(path: Path) -> dict:
     )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch's weights-only unpickler refuses what is not tensors and containers with this
-        # type; whether the pickle itself is intact tells a refusal from damage
-        objects = _pickled_globals(path)
-        if objects is not None:
-            foreign = sorted(g for g in objects if not g.startswith(SAFE_GLOBAL_PREFIXES))
-            named = ", ".join(foreign) or _unpickler_detail(str(error))
+    except Exception as error:  # torch raises several types for refused or damaged files
+        # a refusal is told from damage by what the intact pickle refers to, read without
+        # running it, not by the wording of torch's message
+        objects = _pickled_globals(path) or set()
+        foreign = sorted(g for g in objects if not g.startswith(SAFE_GLOBAL_PREFIXES))
+        if foreign:
             raise CheckpointError(
                 f"{path}: refused to load: it holds Python objects, which could run code, "
-                f"not only tensors and numbers ({named}). A ddchm checkpoint never does; do not "
-                f"use this file. {recover}"
+                f"not only tensors and numbers ({', '.join(foreign)}). A ddchm checkpoint never "
+                f"does; do not use this file. {recover}"
             ) from None
+        if isinstance(error, pickle.UnpicklingError):
+            detail = _unpickler_detail(str(error))
+        else:
+            first = str(error).splitlines()[0][:200] if str(error) else ""
+            detail = f"{type(error).__name__}: {first}"
         raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({_unpickler_detail(str(error))}). It is damaged "
-            f"or not a ddchm checkpoint. {recover}"
-        ) from None
-    except Exception as error:  # torch raises several types for damaged files
-        raise CheckpointError(
-            f"{path}: cannot read the checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200] if str(error) else ''}). It is damaged or not a "
-            f"ddchm checkpoint. {recover}"
+            f"{path}: cannot read the checkpoint ({detail}). It is damaged or not a ddchm "
+            f"checkpoint. {recover}"
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(
@@ -150,7 +148,7 @@ def _pickled_globals(path: Path) -> set[str] | None:
             if name is None:
                 return None
             payload = archive.read(name)
-    except (zipfile.BadZipFile, OSError, KeyError, RuntimeError):
+    except Exception:  # not a zip archive, or a damaged one (zipfile raises many types)
         return None
     found, strings = set(), []
     try:
@@ -272,6 +270,7 @@ class DivergenceGuard:
         self.max_relative_update, self.nll_tolerance = max_relative_update, nll_tolerance
         self.grad_norms: list[float] = []
         self.best_nll: tuple[float, int] | None = None
+        self.steps = 0  # steps taken through :meth:`step`
 
     def check_step(self, step, model, metrics, before: list[torch.Tensor]) -> str | None:
         """The problem with the step just taken (``before``: the parameters before it), or None."""
@@ -305,6 +304,31 @@ class DivergenceGuard:
                     )
             self.grad_norms = [*history, float(norm)]
         return None
+
+    def step(self, algorithm: Algorithm, batch: torch.Tensor) -> dict:
+        """``algorithm.step(batch)`` for Python users who write their own loop: the step's
+        metrics, or, if the checks above refuse it, :class:`DivergenceError` with the model and
+        the algorithm restored to before the step. (It copies their state every step; `train`
+        does this at checkpoints only.)"""
+        model = algorithm.model
+        before = [p.detach().clone() for p in model.parameters()]
+        saved = copy.deepcopy((model.state_dict(), algorithm.state_dict()))
+        self.steps += 1
+        metrics = algorithm.step(batch)
+        problem = self.check_step(self.steps, model, metrics, before)
+        if problem is None:
+            problem = self.check_state(algorithm.state_dict())
+        if problem is not None:
+            model.load_state_dict(saved[0])
+            algorithm.load_state_dict(saved[1])
+            self.steps -= 1
+            raise DivergenceError(
+                f"step {self.steps + 1} diverged: {problem}; it was undone (the model and the "
+                "algorithm are as before it). Try a lower learning rate or a smaller "
+                "init_scale.",
+                self.steps + 1,
+            )
+        return metrics
 
     @staticmethod
     def check_state(algorithm_state: dict) -> str | None:

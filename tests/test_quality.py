@@ -139,7 +139,7 @@ def test_train_ends_with_figures_and_held_out_quality(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(config), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "held-out log-likelihood (exact)" in printed and "MMD^2 to held-out data" in printed
+    assert "held-out log p(x) [exact]" in printed and "MMD^2 to held-out data" in printed
     for name in ("learning_curve.png", "samples.png"):
         assert (out / name).stat().st_size > 5000
 

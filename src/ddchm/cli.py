@@ -58,11 +58,10 @@ def cmd_train(args) -> int:
         f"ddchm train: {config['algorithm']['name']} on {_describe_data(config['data'])}, "
         f"{config['train']['steps']} steps -> {out}"
     )
-    _say_if_resuming(out, config["train"]["steps"])
     phase = _requested_wake_phase(config["algorithm"])
     if config["algorithm"]["name"] == "ddc" and phase:  # an unknown one is refused next
         print(f"DDC-HM wake phase: {phase}")
-    result = run(config, out_dir=out, progress=not args.no_progress)
+    result = run(config, out_dir=out, progress=not args.no_progress, say=_stderr("ddchm train"))
     print(_summary(result))
     figures = _train_figures(result, Path(out))
     if not args.no_quality:
@@ -102,26 +101,16 @@ def _train_figures(result: dict, out: Path) -> list[Path]:
     return written
 
 
+def _stderr(prefix: str):
+    return lambda line: print(f"{prefix}: {line}", file=sys.stderr, flush=True)
+
+
 def _run_directory(text: str | None) -> Path | None:
     if text is None:
         return None
     if not text.strip():
         raise ValueError("--out: empty; give a run directory (default runs/CONFIG-ALGORITHM-SEED)")
     return Path(text)
-
-
-def _say_if_resuming(out: Path, steps: int) -> None:
-    """'resuming OUT from step N' on stderr when OUT holds a checkpoint (a damaged one is
-    named by the error that follows)."""
-    from ddchm.train import CHECKPOINT, CheckpointError, load_checkpoint
-
-    if not (out / CHECKPOINT).is_file():
-        return
-    try:
-        step = load_checkpoint(out / CHECKPOINT)["step"]
-    except CheckpointError:
-        return  # run() raises it again, with the same message, as the run's error
-    print(f"ddchm train: resuming {out} from step {step} of {steps}", file=sys.stderr)
 
 
 def heldout_quality(model, data: dict, algorithm, config: dict, **protocol) -> dict:
@@ -413,6 +402,7 @@ def cmd_compare(args) -> int:
                     out_dir=out / f"{name}-seed{seed}",
                     progress=not args.no_progress,
                     curve_points=CURVE_POINTS,
+                    say=_stderr("ddchm compare"),
                 )
             except DivergenceError as error:  # recorded; the other runs go on
                 print(f"ddchm compare: {name}, seed {seed}: diverged: {error}", file=sys.stderr)
@@ -954,5 +944,17 @@ def _main(argv) -> int:
         return EXIT_SIGTERM
 
 
+def entry() -> None:
+    """The ``ddchm`` command: :func:`main`, then exit with its code. Once it has returned, a
+    late SIGINT or SIGTERM (a second Ctrl-C) cannot interrupt the interpreter's exit with a
+    traceback: the process is ending anyway."""
+    import signal
+
+    code = main()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -218,11 +218,6 @@ def check_algorithm_arguments(section: dict, cls, allowed: set[str]) -> None:
         elif isinstance(default, numbers.Integral) or isinstance(default, tuple):
             # sizes: an int, or (for per-layer sizes such as hidden, n_features) a list of them
             if isinstance(value, (list, tuple)):
-                if not value and key == "hidden":
-                    raise ConfigError(
-                        f"{name}: an empty list; give the hidden layer sizes of the recognition "
-                        "network, e.g. [200]"
-                    )
                 for size in value:
                     integer(1)(size, name + " entries")
             elif isinstance(default, tuple):

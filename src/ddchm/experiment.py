@@ -26,6 +26,7 @@ import importlib
 import inspect
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -152,7 +153,11 @@ def load_config(source: str | Path | dict | None = None, overrides: dict | None 
                     f"expected some of {sorted(DEFAULTS[section])}"
                 )
     model_section = raw.get("model", {})
-    if model_section.get("layers") is not None and "architecture" in model_section:
+    if (
+        origin != "config"  # a resolved config (a dict) holds both, the default architecture
+        and model_section.get("layers") is not None
+        and "architecture" in model_section
+    ):
         raise ConfigError(
             f"{origin}: [model] gives both layers and architecture; give one (layers for your "
             "own architecture, architecture = 'truth' for the synthetic truth's)"
@@ -525,6 +530,9 @@ def write_run_config(out_dir: str | Path, config: dict) -> Path:
             return [plain(v) for v in value]
         return value
 
+    config = copy.deepcopy(config)
+    if config["model"].get("layers") is not None:  # the layers say it all; both are refused
+        config["model"].pop("architecture", None)
     path = Path(out_dir) / RUN_CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -539,8 +547,12 @@ def run(
     out_dir: str | Path | None = None,
     progress: bool = True,
     curve_points: int | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict:
     """Train as configured; returns {'records', 'final', 'model', 'algorithm', 'data'}.
+
+    ``say(line)`` (optional) hears 'resuming OUT from step N of M' once the checkpoint in
+    ``out_dir`` has passed the config and data checks.
 
     An ``out_dir`` holding a checkpoint is resumed if its saved config matches (see
     :func:`check_resume`). ``curve_points``: with a CPU-time budget (``train.max_cpu_seconds``),
@@ -552,8 +564,14 @@ def run(
     data = build_data(config["data"])
     fingerprint = data_fingerprint(data)
     if out_dir is not None:
+        from ddchm.train import CHECKPOINT, load_checkpoint, prepare_run_directory
+
         check_resume(out_dir, config, data)
+        prepare_run_directory(Path(out_dir))
         write_run_config(out_dir, config)
+        if say is not None and (Path(out_dir) / CHECKPOINT).is_file():
+            step = load_checkpoint(Path(out_dir) / CHECKPOINT)["step"]
+            say(f"resuming {out_dir} from step {step} of {config['train']['steps']}")
     model = build_model(config["model"], data).to(device)
     algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])
     evaluator = Evaluator(

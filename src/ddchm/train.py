@@ -199,6 +199,22 @@ def restore_state(path: Path, state: dict, model, algorithm=None, batches=None) 
         ) from None
 
 
+def prepare_run_directory(out: Path) -> None:
+    """Create the run directory, or fail with a named error if it is a file or not writable."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: is a file; the run directory must be a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except PermissionError as error:
+        raise PermissionError(
+            f"{out}: cannot write in the run directory ({error.strerror}); choose another --out"
+        ) from None
+
+
 class Minibatches:
     """Shuffled minibatches of the rows of ``data``, epoch after epoch, from a seeded generator."""
 
@@ -459,18 +475,7 @@ def train(
 
     with _stop_on_signals(enabled=out is not None) as interrupted:
         if out is not None:
-            if out.exists() and not out.is_dir():
-                raise NotADirectoryError(f"{out}: is a file; the run directory must be a folder")
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                probe = out / ".write-test"
-                probe.write_bytes(b"")
-                probe.unlink()
-            except PermissionError as error:
-                raise PermissionError(
-                    f"{out}: cannot write in the run directory ({error.strerror}); "
-                    "choose another --out"
-                ) from None
+            prepare_run_directory(out)
             if (out / CHECKPOINT).exists():
                 state = load_checkpoint(out / CHECKPOINT)
                 restore_state(out / CHECKPOINT, state, model, algorithm, batches)

@@ -290,6 +290,11 @@ def as_flat(resolved: Resolved) -> dict:
 
 def check_ranges(sleep_samples: int, maps, enc, rec, wk) -> None:
     """Ranges the option groups' types do not carry; each error names the option."""
+    if not tuple(rec.hidden):
+        raise ValueError(
+            "hidden: an empty list; the recogniser's trunk needs at least one hidden layer, "
+            "e.g. [200]"
+        )
     if not maps.ridge > 0:
         raise ValueError(f"ridge: expected lambda / N_sleep > 0, got {maps.ridge}")
     if maps.exact_ridge is not None and not maps.exact_ridge > 0:

@@ -387,3 +387,27 @@ def test_divergence_guard_for_a_python_loop():
         guard.step(wild, x)
     assert error.value.step == 2 and guard.steps == 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # undone
+
+
+def test_mmd_is_one_figure_in_metrics_summary_and_evaluate(tmp_path):
+    """Where the latents cannot be enumerated (25 binary units) the run's figure is MMD²:
+    training's last record, train's summary and evaluate's JSON agree."""
+    np.save(tmp_path / "x.npy", binary_rows(2, n=300))
+    (tmp_path / "c.toml").write_text(
+        ARRAY_CONFIG.replace("data/good.npy", "x.npy").replace("dim = 3", "dim = 25")
+    )
+    out = tmp_path / "run"
+    code, stdout, stderr = ddchm_cli(
+        "train", tmp_path / "c.toml", "--out", out, "--no-progress", cwd=tmp_path
+    )
+    assert code == 0, stderr
+    printed = float(re.search(r"MMD\^2 to held-out data: (\S+)", stdout).group(1))
+    code, evaluated, stderr = ddchm_cli(
+        "evaluate", out, "--particles", 50, "--permutations", 0, "--no-progress", cwd=tmp_path
+    )
+    assert code == 0, stderr
+    evaluated = json.loads(evaluated)
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["heldout"] == evaluated["heldout"] == "test split: 30 of 30 points (seed 0)"
+    assert printed == pytest.approx(evaluated["mmd2"], rel=1e-5)
+    assert last["mmd2"] == pytest.approx(evaluated["mmd2"], rel=1e-5)

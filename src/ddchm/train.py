@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ddchm import distributed
 from ddchm.algorithms.base import Algorithm
 from ddchm.validation import check_positive_int, make_generator
 
@@ -376,6 +377,13 @@ def train(
     model = algorithm.model
     data = model.check_data(data, "data")
     batches = Minibatches(data, batch_size, seed)
+    # data-parallel (ddchm.distributed): every rank draws the same batches, the algorithm
+    # keeps its rows; rank 0 writes, every rank reads; rank 0 evaluates
+    shard = distributed.shard_for(algorithm.device)
+    algorithm.use_shard(shard, batches.batch_size)
+    writer = shard.rank == 0
+    evaluate = distributed.on_rank_zero(evaluate, shard)
+    progress = progress and writer
     records: list[dict] = []
     start_step, elapsed, cpu_elapsed = 0, 0.0, 0.0
     out = Path(out_dir) if out_dir is not None else None
@@ -386,7 +394,7 @@ def train(
                 raise NotADirectoryError(f"{out}: is a file; the run directory must be a folder")
             try:
                 out.mkdir(parents=True, exist_ok=True)
-                probe = out / ".write-test"
+                probe = out / f".write-test{shard.rank}"
                 probe.write_bytes(b"")
                 probe.unlink()
             except PermissionError as error:
@@ -400,7 +408,9 @@ def train(
                 start_step, elapsed = state["step"], state["elapsed"]
                 cpu_elapsed = float(state.get("cpu_elapsed", 0.0))
                 records = _read_records(out / METRICS, upto=start_step)
-            _write_records(out / METRICS, records)
+            shard.barrier()  # every rank has read the run directory before rank 0 writes
+            if writer:
+                _write_records(out / METRICS, records)
         last_checkpoint = start_step if out is not None and (out / CHECKPOINT).exists() else None
 
         good = {}  # the state of the last checkpoint, in memory: what a refused step rolls back to
@@ -425,7 +435,8 @@ def train(
                 **(extra_state or {}),
             }
             if out is not None:
-                save_checkpoint(out / CHECKPOINT, state)
+                if writer:
+                    save_checkpoint(out / CHECKPOINT, state)
                 last_checkpoint = step
             good.clear()
             good.update(
@@ -440,7 +451,7 @@ def train(
 
         def log(record):
             records.append(record)
-            if out is not None:
+            if out is not None and writer:
                 with open(out / METRICS, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
 
@@ -492,8 +503,11 @@ def train(
                         }
                     )
                 )
-            while step < steps and not interrupted:
-                if out_of_budget():
+            while step < steps:
+                stop, spent = shard.any(bool(interrupted), out_of_budget())
+                if stop and not interrupted:  # a signal reached another rank: stop together
+                    interrupted.append(signal.SIGTERM)
+                if stop or spent:
                     break
                 before = [p.detach().clone() for p in model.parameters()]
                 tic, cpu_tic = time.perf_counter(), time.process_time()
@@ -507,7 +521,7 @@ def train(
                 step += 1
                 bar.update(1)
                 record = None
-                last = step == steps or out_of_budget()
+                last = step == steps or shard.any(out_of_budget())[0]
                 times = {"time": round(elapsed, 4), "cpu_time": round(cpu_elapsed, 4)}
                 if step % log_every == 0 or last:
                     record = {"step": step, **times, **metrics}

@@ -31,8 +31,9 @@ import torch
 import torch.distributed as dist
 
 
-class DistributedError(RuntimeError):
-    """A process group or a sharded run that cannot work as set up; the message says why."""
+class DistributedError(ValueError):
+    """A process group or a sharded run that cannot work as set up (a setup error, like a bad
+    config value: the CLI exits with 2); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,26 @@ def init_from_env(device: torch.device) -> torch.device:
         )
     device = _local_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    global _OWN_GROUP
+    _OWN_GROUP = True
     return device
+
+
+_OWN_GROUP = False  # whether init_from_env started the process group (finish() ends it)
+
+
+def finish() -> None:
+    """End the process group :func:`init_from_env` started (after a barrier); no-op else."""
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _OWN_GROUP = False
+
+
+def rank() -> int:
+    """This process's rank in the default process group (0 without one)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _local_device(device: torch.device) -> torch.device:

@@ -443,6 +443,9 @@ def run(
     also evaluate every budget / ``curve_points`` CPU seconds, so the learning curve has at
     least that many points besides the start, whatever ``train.eval_every``."""
     device = resolve_device(config["train"]["device"])
+    from ddchm import distributed  # torchrun: join the group; on CUDA, this rank's device
+
+    device = distributed.init_from_env(device)
     if out_dir is not None:
         check_resume(out_dir, config)
     data = build_data(config["data"])
@@ -473,6 +476,8 @@ def run(
             else None
         ),
     )
+    rank = distributed.rank()
+    distributed.finish()  # the group init_from_env started, if any
     final = records[-1] if records else {}
     return {
         "records": records,
@@ -481,4 +486,5 @@ def run(
         "algorithm": algorithm,
         "data": data,
         "truth_nll": evaluator.truth_nll,
+        "rank": rank,  # data-parallel: only rank 0 reports and writes figures
     }

@@ -180,3 +180,24 @@ def test_world_size_without_torchrun_variables_is_refused(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(DistributedError, match="torchrun --nproc-per-node"):
         distributed.init_from_env(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", ["ddc-collapsed", "ddc-amortised", "rws"])
+def test_a_short_run_on_cuda_stays_on_cuda_and_follows_the_cpu_run(case):
+    """Every parameter and state tensor of the model and the recogniser lives on the GPU, the
+    result is finite, and it follows the CPU run from the same start (float64: the random
+    draws differ between the devices' generators, so only closely, not to rounding)."""
+    config = config_for(case, steps=3)
+    config["train"]["device"] = "cuda"
+    result = run(config, progress=False)
+    tensors = snapshot(result)["tensors"]
+    off = [k for k, v in tensors.items() if v.device.type != "cuda"]
+    assert not off, f"left on the CPU: {off}"
+    assert all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point())
+    assert result["final"]["step"] == 3 and torch.isfinite(
+        torch.tensor(result["final"]["test_nll"])
+    )
+    config["train"]["device"] = "cpu"
+    cpu = run(config, progress=False)
+    assert result["final"]["test_nll"] == pytest.approx(cpu["final"]["test_nll"], abs=0.5)

@@ -64,10 +64,10 @@ class RunningRidge(nn.Module):
             self.count.mul_(rho).add_(count)
         else:
             self.gram.mul_(rho).add_((weighted.T @ features).double())
-            n = features.shape[0] if weights is None else float(weights.sum())
+            n = features.shape[0] if weights is None else weights.sum()  # no host sync
             self.count.mul_(rho).add_(n)
         eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
-        factor = torch.linalg.cholesky(self.gram + self.ridge * float(self.count) * eye)
+        factor = torch.linalg.cholesky(self.gram + self.ridge * self.count * eye)
         solutions = []
         for l, t in enumerate(targets):
             cross = getattr(self, f"cross{l}")

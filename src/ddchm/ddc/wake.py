@@ -202,7 +202,7 @@ def explicit_wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict
     params = list(params)
     L, layers = model.n_latent_layers, model.layers
     n_sleep = sleep[0].shape[0]
-    total = torch.zeros(sum(p.numel() for p in params), dtype=x.dtype)
+    total = torch.zeros(sum(p.numel() for p in params), dtype=x.dtype, device=x.device)
 
     def mapped(l, targets):  # mean_n M^T r_n for the map on T_l
         return (encodings_of_batch[l] @ solvers[l].fit(targets)).mean(0)

@@ -201,3 +201,26 @@ def test_a_short_run_on_cuda_stays_on_cuda_and_follows_the_cpu_run(case):
     config["train"]["device"] = "cpu"
     cpu = run(config, progress=False)
     assert result["final"]["test_nll"] == pytest.approx(cpu["final"]["test_nll"], abs=0.5)
+
+
+def test_the_gpu_config_loads_and_splits_over_up_to_8_processes():
+    from importlib import resources
+
+    path = resources.files("ddchm") / "configs" / "gpu-mnist-sbn-200-200.toml"
+    config = load_config(str(path))
+    assert config["train"]["device"] == "cuda" and config["data"]["subset"] is None
+    torch.manual_seed(0)
+    model = HierarchicalModel.from_config(config["model"]["layers"])
+    ddc = build_algorithm(config["algorithm"], model, seed=0)
+    for world in (2, 4, 8):
+        ddc.use_shard(Shard(world - 1, world), config["train"]["batch_size"])
+
+
+def test_python_dash_m_ddchm_runs_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ddchm", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "train" in done.stdout

@@ -356,6 +356,11 @@ def train(
     checkpoint is written, so the last good one stays. With ``out_dir``, SIGINT (Ctrl-C) and
     SIGTERM stop the run between two whole steps: it saves a checkpoint and raises
     :class:`TrainingInterrupted`; running again resumes bit for bit.
+
+    Inside an initialised ``torch.distributed`` process group (torchrun) every process calls
+    ``train`` with the same arguments: each takes its rows of every step
+    (:mod:`ddchm.distributed`), rank 0 alone writes ``out_dir`` and runs ``evaluate``, and the
+    decisions to stop (signals, budgets, divergence) are taken together.
     """
     steps = check_positive_int(steps, "steps", minimum=0)
     for name, value in (
@@ -526,6 +531,8 @@ def train(
                 if step % log_every == 0 or last:
                     record = {"step": step, **times, **metrics}
                 on_cpu_schedule = cpu_elapsed >= next_cpu_eval
+                if shard.sharded and eval_every_cpu_s is not None:  # evaluate together
+                    on_cpu_schedule = shard.any(on_cpu_schedule)[0]
                 if on_cpu_schedule:
                     next_cpu_eval = (
                         math.floor(cpu_elapsed / eval_every_cpu_s) + 1

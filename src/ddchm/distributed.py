@@ -116,10 +116,10 @@ class Shard:
         return torch.cat(parts)
 
     def mean_metrics(self, metrics: dict) -> dict:
-        """Numeric metrics averaged over processes (one collective); others unchanged."""
+        """Float metrics averaged over processes (one collective); others unchanged."""
         if not self.sharded:
             return metrics
-        keys = [k for k, v in metrics.items() if isinstance(v, (int, float))]
+        keys = [k for k, v in metrics.items() if isinstance(v, float)]
         values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
         values = values.to(_collective_device())
         dist.all_reduce(values)

@@ -11,7 +11,9 @@ matrices) is done on those rows only, and the sums a step needs are all-reduced:
 
 - DDC-HM: F^T F and N of the gradient maps, the batch sums of r and of R^T S(x), the
   recogniser's loss, gradient and readout normal equations, and the wake gradient (a sum over
-  dreams); decisions from data (the wake phase's ESS) read the gathered figures;
+  dreams); the wake phase's choice reads every process's ESS (gathered); the decisions taken
+  on the dreams (recalibration, the collapsed draws and their redraws) are taken by every
+  process on the whole dream set it holds, so they agree;
 - the baselines: the gradients of theta and phi (each process's are means over its rows of
   equal size, so the average is the whole batch's mean) and the metrics.
 

@@ -62,6 +62,8 @@ def cmd_train(args) -> int:
     if config["algorithm"]["name"] == "ddc" and phase:  # an unknown one is refused next
         print(f"DDC-HM wake phase: {phase}")
     result = run(config, out_dir=out, progress=not args.no_progress, say=_stderr("ddchm train"))
+    if result["rank"]:  # torchrun: rank 0 reports (ddchm.distributed)
+        return 0
     print(_summary(result))
     figures = _train_figures(result, Path(out))
     if not args.no_quality:

@@ -559,6 +559,9 @@ def run(
     also evaluate every budget / ``curve_points`` CPU seconds, so the learning curve has at
     least that many points besides the start, whatever ``train.eval_every``."""
     device = resolve_device(config["train"]["device"])
+    from ddchm import distributed  # torchrun: join the group; on CUDA, this rank's device
+
+    device = distributed.init_from_env(device)
     if out_dir is not None:
         check_resume(out_dir, config)  # before the data are built: a config error is cheap
     data = build_data(config["data"])
@@ -567,9 +570,11 @@ def run(
         from ddchm.train import CHECKPOINT, load_checkpoint, prepare_run_directory
 
         check_resume(out_dir, config, data)
-        prepare_run_directory(Path(out_dir))
-        write_run_config(out_dir, config)
-        if say is not None and (Path(out_dir) / CHECKPOINT).is_file():
+        lead = distributed.rank() == 0  # under torchrun, one process writes and speaks
+        prepare_run_directory(Path(out_dir), probe_name=f".write-test{distributed.rank()}")
+        if lead:
+            write_run_config(out_dir, config)
+        if lead and say is not None and (Path(out_dir) / CHECKPOINT).is_file():
             step = load_checkpoint(Path(out_dir) / CHECKPOINT)["step"]
             say(f"resuming {out_dir} from step {step} of {config['train']['steps']}")
     model = build_model(config["model"], data).to(device)
@@ -605,6 +610,8 @@ def run(
             else None
         ),
     )
+    rank = distributed.rank()
+    distributed.finish()  # the group init_from_env started, if any
     final = records[-1] if records else {}
     return {
         "records": records,
@@ -613,6 +620,7 @@ def run(
         "algorithm": algorithm,
         "data": data,
         "truth_nll": evaluator.truth_nll,
+        "rank": rank,  # data-parallel: only rank 0 reports and writes figures
     }
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ddchm import distributed
 from ddchm.algorithms.base import Algorithm
 from ddchm.progress import progress_bar
 from ddchm.validation import check_positive_int, make_generator
@@ -199,14 +200,15 @@ def restore_state(path: Path, state: dict, model, algorithm=None, batches=None) 
         ) from None
 
 
-def prepare_run_directory(out: Path) -> None:
-    """Create the run directory, or fail with a named error if it is a file or not writable."""
+def prepare_run_directory(out: Path, probe_name: str = ".write-test") -> None:
+    """Create the run directory, or fail with a named error if it is a file or not writable
+    (``probe_name``: the empty file written and removed to find out; one per process)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file; the run directory must be a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / probe_name
         probe.write_bytes(b"")
         probe.unlink()
     except PermissionError as error:
@@ -448,6 +450,11 @@ def train(
     checkpoint is written, so the last good one stays. With ``out_dir``, SIGINT (Ctrl-C) and
     SIGTERM stop the run between two whole steps: it saves a checkpoint and raises
     :class:`TrainingInterrupted`; running again resumes bit for bit.
+
+    Inside an initialised ``torch.distributed`` process group (torchrun) every process calls
+    ``train`` with the same arguments: each takes its rows of every step
+    (:mod:`ddchm.distributed`), rank 0 alone writes ``out_dir`` and runs ``evaluate``, and the
+    decisions to stop (signals, budgets, divergence) are taken together.
     """
     steps = check_positive_int(steps, "steps", minimum=0)
     for name, value in (
@@ -469,20 +476,29 @@ def train(
     model = algorithm.model
     data = model.check_data(data, "data")
     batches = Minibatches(data, batch_size, seed)
+    # data-parallel (ddchm.distributed): every rank draws the same batches, the algorithm
+    # keeps its rows; rank 0 writes, every rank reads; rank 0 evaluates
+    shard = distributed.shard_for(algorithm.device)
+    algorithm.use_shard(shard, batches.batch_size)
+    writer = shard.rank == 0
+    evaluate = distributed.on_rank_zero(evaluate, shard)
+    progress = progress and writer
     records: list[dict] = []
     start_step, elapsed, cpu_elapsed = 0, 0.0, 0.0
     out = Path(out_dir) if out_dir is not None else None
 
     with _stop_on_signals(enabled=out is not None) as interrupted:
         if out is not None:
-            prepare_run_directory(out)
+            prepare_run_directory(out, probe_name=f".write-test{shard.rank}")
             if (out / CHECKPOINT).exists():
                 state = load_checkpoint(out / CHECKPOINT)
                 restore_state(out / CHECKPOINT, state, model, algorithm, batches)
                 start_step, elapsed = state["step"], state["elapsed"]
                 cpu_elapsed = float(state.get("cpu_elapsed", 0.0))
                 records = _read_records(out / METRICS, upto=start_step)
-            _write_records(out / METRICS, records)
+            shard.barrier()  # every rank has read the run directory before rank 0 writes
+            if writer:
+                _write_records(out / METRICS, records)
         last_checkpoint = start_step if out is not None and (out / CHECKPOINT).exists() else None
 
         good = {}  # the state of the last checkpoint, in memory: what a refused step rolls back to
@@ -507,7 +523,8 @@ def train(
                 **(extra_state or {}),
             }
             if out is not None:
-                save_checkpoint(out / CHECKPOINT, state)
+                if writer:
+                    save_checkpoint(out / CHECKPOINT, state)
                 last_checkpoint = step
             good.clear()
             good.update(
@@ -522,7 +539,7 @@ def train(
 
         def log(record):
             records.append(record)
-            if out is not None:
+            if out is not None and writer:
                 with open(out / METRICS, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
 
@@ -575,8 +592,11 @@ def train(
                         }
                     )
                 )
-            while step < steps and not interrupted:
-                if out_of_budget():
+            while step < steps:
+                stop, spent = shard.any(bool(interrupted), out_of_budget())
+                if stop and not interrupted:  # a signal reached another rank: stop together
+                    interrupted.append(signal.SIGTERM)
+                if stop or spent:
                     break
                 before = [p.detach().clone() for p in model.parameters()]
                 tic, cpu_tic = time.perf_counter(), time.process_time()
@@ -590,11 +610,13 @@ def train(
                 step += 1
                 bar.update(1)
                 record = None
-                last = step == steps or out_of_budget()
+                last = step == steps or shard.any(out_of_budget())[0]
                 times = {"time": round(elapsed, 4), "cpu_time": round(cpu_elapsed, 4)}
                 if step % log_every == 0 or last:
                     record = {"step": step, **times, **metrics}
                 on_cpu_schedule = cpu_elapsed >= next_cpu_eval
+                if shard.sharded and eval_every_cpu_s is not None:  # evaluate together
+                    on_cpu_schedule = shard.any(on_cpu_schedule)[0]
                 if on_cpu_schedule:
                     next_cpu_eval = (
                         math.floor(cpu_elapsed / eval_every_cpu_s) + 1

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from ddchm.distributed import LOCAL, DistributedError, Shard
 from ddchm.models import HierarchicalModel
 from ddchm.validation import make_generator
 
@@ -55,6 +56,23 @@ class Algorithm:
         reference = next(model.parameters())
         self.device, self.dtype = reference.device, reference.dtype
         self.generator = make_generator(generator, device=self.device)
+        self.shard = LOCAL  # this process's part of a data-parallel step (ddchm.distributed)
+
+    def use_shard(self, shard: Shard, batch_size: int) -> None:
+        """Take this process's part of every step from now on (``LOCAL``: the whole step).
+        Raises :class:`~ddchm.distributed.DistributedError` when ``batch_size`` or another
+        per-step count cannot be split evenly, or the algorithm cannot be sharded."""
+        if shard.sharded:
+            shard.rows(batch_size, "train.batch_size")
+            self.check_shard(shard, batch_size)
+        self.shard = shard
+
+    def check_shard(self, shard: Shard, batch_size: int) -> None:
+        """Raise :class:`~ddchm.distributed.DistributedError` if a step cannot be shared out
+        over ``shard.world`` processes; an algorithm that shards its steps overrides this."""
+        raise DistributedError(
+            f"{type(self).__name__} cannot train data-parallel; run it in one process"
+        )
 
     def step(self, batch: torch.Tensor) -> dict[str, float]:
         """One update of theta (and of any recognition model) from a data batch."""
@@ -80,12 +98,16 @@ def apply_ascent(
 ) -> float:
     """Hand an estimated ascent direction of log-likelihood to a (minimising) torch optimiser.
 
-    Returns the norm of the direction. ``names`` and ``params`` are aligned."""
+    Returns the norm of the direction (one host sync, after the step is queued). ``names`` and
+    ``params`` are aligned."""
     optimizer.zero_grad(set_to_none=True)
-    sq = 0.0
+    squares = []
     for name, p in zip(names, params):
-        g = ascent[name]
-        p.grad = -g.detach().to(p.dtype)
-        sq += float(g.detach().pow(2).sum())
+        g = ascent[name].detach()
+        p.grad = -g.to(p.dtype)
+        squares.append(g.pow(2).sum().double())  # exact: float32 -> float64
     optimizer.step()
+    sq = 0.0
+    for value in torch.stack(squares).tolist():  # summed in float64, in order, as before
+        sq += value
     return sq**0.5

@@ -55,9 +55,7 @@ class IWAE(VAE):
         super().__init__(model, num_particles=num_particles, **shared)
 
     def _objectives(self, x, theta=True, phi=True):
-        latents, log_q = self.recognition.sample(
-            x, self.num_particles, self.generator, reparameterize=True
-        )
+        latents, log_q = self.sample_q(x, self.num_particles, reparameterize=True)
         log_w = self.log_joint(x, latents) - log_q  # (K, N)
         bound = (torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).mean()
         metrics = {"bound": float(bound.detach())}

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ddchm.algorithms.base import Algorithm, OptimizerSpec, apply_ascent, make_optimizer
+from ddchm.distributed import LOCAL, Shard
 from ddchm.models import HierarchicalModel
 from ddchm.validation import check_matrix, check_positive_int, make_generator
 
@@ -75,9 +76,11 @@ class RecognitionLayer(nn.Module):
         raise NotImplementedError
 
     def sample_raw(
-        self, raw: torch.Tensor, generator: torch.Generator, reparameterize: bool
+        self, raw: torch.Tensor, generator: torch.Generator, reparameterize: bool, rows=None
     ) -> torch.Tensor:
-        """One draw per row of ``raw``; detached from phi unless ``reparameterize``."""
+        """One draw per row of ``raw``; detached from phi unless ``reparameterize``. ``rows``:
+        (shard, total) when ``raw``'s second-last dimension is one process's rows of a batch of
+        ``total``: the noise is that of the whole batch's draw (``Shard.draw``)."""
         raise NotImplementedError
 
     def mean_raw(self, raw: torch.Tensor) -> torch.Tensor:
@@ -93,9 +96,11 @@ class RecognitionLayer(nn.Module):
                     for p in (module.weight, module.bias):
                         p.uniform_(-bound, bound, generator=generator)
 
-    def _noise(self, raw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _noise(self, raw: torch.Tensor, generator, rows=None, sample=torch.rand) -> torch.Tensor:
+        shard, total = rows if rows is not None else (LOCAL, None)
         shape = (*raw.shape[:-1], self.dim)
-        return torch.rand(shape, generator=generator, dtype=raw.dtype, device=raw.device)
+        options = dict(generator=generator, dtype=raw.dtype, device=raw.device)
+        return shard.draw(sample, shape, -2, total, **options)
 
     def extra_repr(self) -> str:
         return f"{self.family}, dim={self.dim}, input_dim={self.input_dim}, hidden={self.hidden}"
@@ -109,14 +114,14 @@ class BernoulliRecognition(RecognitionLayer):
     def log_prob_raw(self, raw, value):
         return (value * raw - F.softplus(raw)).sum(-1)
 
-    def sample_raw(self, raw, generator, reparameterize):
+    def sample_raw(self, raw, generator, reparameterize, rows=None):
         if reparameterize:
             raise ValueError(
                 "reparameterize: a Bernoulli recognition layer has no reparameterisation; "
                 "use a score-function estimator (VIMCO, RWS) for discrete layers"
             )
         with torch.no_grad():
-            return (self._noise(raw, generator) < torch.sigmoid(raw)).to(raw.dtype)
+            return (self._noise(raw, generator, rows) < torch.sigmoid(raw)).to(raw.dtype)
 
     def mean_raw(self, raw):
         return torch.sigmoid(raw)
@@ -137,10 +142,9 @@ class GaussianRecognition(RecognitionLayer):
         standardised = (value - mean) * torch.exp(-log_std)
         return (-0.5 * LOG_2PI - log_std - 0.5 * standardised.square()).sum(-1)
 
-    def sample_raw(self, raw, generator, reparameterize):
+    def sample_raw(self, raw, generator, reparameterize, rows=None):
         mean, log_std = self.loc_and_log_std(raw)
-        shape = mean.shape
-        eps = torch.randn(shape, generator=generator, dtype=raw.dtype, device=raw.device)
+        eps = self._noise(raw, generator, rows, sample=torch.randn)
         z = mean + log_std.exp() * eps  # z = m + s * eps, eps ~ N(0, 1)
         return z if reparameterize else z.detach()
 
@@ -166,9 +170,9 @@ class LaplaceRecognition(RecognitionLayer):
         loc, scale = self.loc_and_scale(raw)
         return (-torch.log(2 * scale) - (value - loc).abs() / scale).sum(-1)
 
-    def sample_raw(self, raw, generator, reparameterize):
+    def sample_raw(self, raw, generator, reparameterize, rows=None):
         loc, scale = self.loc_and_scale(raw)
-        u = self._noise(raw, generator) - 0.5
+        u = self._noise(raw, generator, rows) - 0.5
         tiny = torch.finfo(raw.dtype).tiny
         z = loc - scale * torch.sign(u) * torch.log((1 - 2 * u.abs()).clamp_min(tiny))
         return z if reparameterize else z.detach()
@@ -249,6 +253,7 @@ class RecognitionModel(nn.Module):
         n_particles: int = 1,
         generator: torch.Generator | int | None = None,
         reparameterize: bool = False,
+        rows=None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Ancestral draws z_1 ~ q(z_1 | x), z_l ~ q(z_l | z_{l-1}) and their log q.
 
@@ -258,6 +263,8 @@ class RecognitionModel(nn.Module):
             generator: a torch.Generator or seed.
             reparameterize: keep the draws differentiable in phi (Gaussian / Laplace only);
                 otherwise the draws are detached and only ``log_q`` depends on phi.
+            rows: (shard, total) when x is one process's rows of a batch of ``total``: the
+                draws are those the whole batch would get (``ddchm.distributed``).
 
         Returns:
             ``([z_1, ..., z_L], log_q)`` with z_l of shape (K, N, D_l) and log_q (K, N), the
@@ -278,7 +285,7 @@ class RecognitionModel(nn.Module):
         for l, layer in enumerate(self.layers):
             if l > 0:
                 raw = layer(latents[-1])  # (K, N, P_l)
-            z = layer.sample_raw(raw, generator, reparameterize)
+            z = layer.sample_raw(raw, generator, reparameterize, rows)
             log_q = log_q + layer.log_prob_raw(raw, z)
             latents.append(z)
         return latents, log_q
@@ -426,6 +433,22 @@ class RecognitionAlgorithm(Algorithm):
             optimizer if recognition_optimizer is None else recognition_optimizer,
             self.recognition_lr,
         )
+        self._batch_rows: int | None = None  # the whole batch's size while a sharded step runs
+
+    def check_shard(self, shard: Shard, batch_size: int) -> None:
+        """A step shards the batch and the sleep-phase dreams: both must split evenly."""
+        if getattr(self, "sleep_samples", None) is not None:
+            shard.rows(self.sleep_samples, "algorithm.sleep_samples")
+
+    def sample_q(self, x, n_particles: int, reparameterize: bool = False):
+        """``recognition.sample`` of a step's batch x with the algorithm's generator (in a
+        sharded step x is this process's rows, and the draws are the whole batch's)."""
+        rows = None if self._batch_rows is None else (self.shard, self._batch_rows)
+        return self.recognition.sample(x, n_particles, self.generator, reparameterize, rows)
+
+    def batch_rows(self, x) -> int:
+        """The step's whole batch size (x may be this process's rows of it)."""
+        return x.shape[0] if self._batch_rows is None else self._batch_rows
 
     # --- what a subclass defines -------------------------------------------------------------
     def _objectives(
@@ -466,21 +489,33 @@ class RecognitionAlgorithm(Algorithm):
     def sleep_phi_loss(self, n_dreams: int) -> torch.Tensor:
         """-mean_s log q(z^s | x^s) on dreams (x^s, z^s) ~ p_theta (the sleep phase)."""
         x, *latents = self.model.sample(n_dreams, generator=self.generator)
+        if self._batch_rows is not None:  # a sharded step: this process's dreams
+            rows = self.shard.rows(n_dreams, "sleep dreams")
+            x, latents = x[rows], [z[rows] for z in latents]
         return -self.recognition.log_prob(x, latents).mean()
 
     def step(self, batch) -> dict[str, float]:
         """One update of theta and phi from a data batch (N, D_0); returns named metrics."""
         x = self.model.check_data(batch, "batch")
-        theta_objective, phi_loss, metrics = self._objectives(x)
+        shard = self.shard
+        if shard.sharded:  # this process's rows; the draws stay the whole batch's
+            self._batch_rows, x = x.shape[0], x[shard.rows(x.shape[0], "batch")]
+        try:
+            theta_objective, phi_loss, metrics = self._objectives(x)
+        finally:
+            self._batch_rows = None
         theta_ascent = _gradient(theta_objective, self._theta_names, self._theta_params, True)
         phi_ascent = _gradient(-phi_loss, self._phi_names, self._phi_params)
+        # each process's objectives are means over equal parts: the average is the batch's
+        theta_ascent = shard.reduce_gradients(theta_ascent, mean=True)
+        phi_ascent = shard.reduce_gradients(phi_ascent, mean=True)
         metrics["grad_norm"] = apply_ascent(
             self.theta_optimizer, self._theta_params, theta_ascent, self._theta_names
         )
         metrics["recognition_grad_norm"] = apply_ascent(
             self.phi_optimizer, self._phi_params, phi_ascent, self._phi_names
         )
-        return metrics
+        return shard.mean_metrics(metrics)
 
     def theta_gradient(self, batch) -> dict[str, torch.Tensor]:
         """The ascent direction on theta that :meth:`step` would apply for this batch (keyed as

@@ -89,7 +89,7 @@ class ReweightedWakeSleep(RecognitionAlgorithm):
         metrics, theta_objective, phi_loss = {}, None, None
         need_particles = theta or (phi and self.insomnia > 0)
         if need_particles:
-            latents, log_q = self.recognition.sample(x, self.num_particles, self.generator)
+            latents, log_q = self.sample_q(x, self.num_particles)
             with torch.set_grad_enabled(theta and torch.is_grad_enabled()):
                 log_p = self.log_joint(x, latents)  # (K, N)
             log_w = log_p - log_q.detach()
@@ -105,7 +105,7 @@ class ReweightedWakeSleep(RecognitionAlgorithm):
                 metrics["wake_phi_loss"] = float(wake_phi_loss.detach())
                 phi_loss = self.insomnia * wake_phi_loss
             if self.insomnia < 1:
-                sleep_phi_loss = self.sleep_phi_loss(self.sleep_samples or x.shape[0])
+                sleep_phi_loss = self.sleep_phi_loss(self.sleep_samples or self.batch_rows(x))
                 metrics["sleep_phi_loss"] = float(sleep_phi_loss.detach())
                 phi_loss = phi_loss + (1 - self.insomnia) * sleep_phi_loss
         return (theta_objective if theta else None), phi_loss, metrics

@@ -55,9 +55,7 @@ class VAE(RecognitionAlgorithm):
         require_reparameterizable(model, type(self).__name__)
 
     def _objectives(self, x, theta=True, phi=True):
-        latents, log_q = self.recognition.sample(
-            x, self.num_particles, self.generator, reparameterize=True
-        )
+        latents, log_q = self.sample_q(x, self.num_particles, reparameterize=True)
         elbo = (self.log_joint(x, latents) - log_q).mean()
         metrics = {"elbo": float(elbo.detach()), "bound": float(elbo.detach())}
         return (elbo if theta else None), (-elbo if phi else None), metrics

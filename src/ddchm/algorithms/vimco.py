@@ -93,7 +93,7 @@ class VIMCO(RecognitionAlgorithm):
         super().__init__(model, **shared)
 
     def _objectives(self, x, theta=True, phi=True):
-        latents, log_q = self.recognition.sample(x, self.num_particles, self.generator)
+        latents, log_q = self.sample_q(x, self.num_particles)
         with torch.set_grad_enabled(theta and torch.is_grad_enabled()):
             log_p = self.log_joint(x, latents)  # (K, N)
         log_w = log_p - log_q

@@ -69,13 +69,13 @@ class WakeSleep(RecognitionAlgorithm):
         metrics, theta_objective, phi_loss = {}, None, None
         if theta:
             with torch.no_grad():
-                latents, log_q = self.recognition.sample(x, self.num_particles, self.generator)
+                latents, log_q = self.sample_q(x, self.num_particles)
             log_p = self.log_joint(x, latents)  # (K, N)
             theta_objective = log_p.mean()
             metrics["wake_theta_loss"] = -float(theta_objective.detach())
             metrics["bound"] = float((log_p - log_q).detach().mean())
         if phi:
-            phi_loss = self.sleep_phi_loss(self.sleep_samples or x.shape[0])
+            phi_loss = self.sleep_phi_loss(self.sleep_samples or self.batch_rows(x))
             metrics["sleep_phi_loss"] = float(phi_loss.detach())
         return theta_objective, phi_loss, metrics
 

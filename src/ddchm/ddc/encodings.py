@@ -156,7 +156,8 @@ class LayerEncoding(nn.Module):
         """Per-column penalties (lambda / N) of a gradient map on T: ``exact_ridge`` on the exact
         features and the constant, ``ridge`` on the random ones (all ``ridge`` when whitened,
         where the blocks mix, or when ``exact_ridge`` is None)."""
-        penalty = torch.full((self.size,), float(ridge), dtype=torch.float64)
+        device = self.unit_scale.device
+        penalty = torch.full((self.size,), float(ridge), dtype=torch.float64, device=device)
         if exact_ridge is not None and not self.whitened:
             penalty[: self.n_exact] = float(exact_ridge)
             penalty[-1] = float(exact_ridge)
@@ -189,7 +190,8 @@ class LayerEncoding(nn.Module):
         if not bool(self.calibrated):
             rows = self.threshold_index % samples.shape[0]
             standardised = (pre - self.projection_centre) / self.projection_scale
-            self.threshold.copy_(standardised[rows, torch.arange(self.n_features)])
+            columns = torch.arange(self.n_features, device=samples.device)
+            self.threshold.copy_(standardised[rows, columns])
             self.calibrated.fill_(True)
         self._revision += 1
         return self
@@ -346,21 +348,22 @@ def make_encodings(
     """One calibrated encoding per latent layer: index l-1 encodes z_l.
 
     ``n_features`` is an int or a sequence (z_1 first). Calibration uses prior samples of the
-    model as it is now (drawn on the model's device; the features are drawn on the CPU)."""
+    model as it is now, on the model's device (the random features are drawn on the CPU, from
+    ``seed``, so they do not depend on the device)."""
     generator = make_generator(seed)
     device = next(model.parameters()).device
     L = model.n_latent_layers
     sizes = [n_features] * L if isinstance(n_features, int) else list(n_features)
     if len(sizes) != L:
         raise ValueError(f"n_features: expected {L} sizes (one per latent layer), got {sizes}")
-    samples = [s.cpu() for s in model.sample(n_calibration, generator=make_generator(seed, device))]
+    samples = model.sample(n_calibration, generator=make_generator(seed, device))
     encodings = nn.ModuleList()
     for l in range(1, L + 1):
         layer = model.layers[l]
         encoding = LayerEncoding(
             layer.dim, sizes[l - 1], layer.family, nonlinearity, gain, max_products, generator
         )
-        encoding = encoding.to(samples[l].dtype).calibrate(samples[l])
+        encoding = encoding.to(device=device, dtype=samples[l].dtype).calibrate(samples[l])
         if whiten:
             encoding.whiten(samples[l])
         encodings.append(encoding)

@@ -41,6 +41,7 @@ from ddchm.ddc.wake_phase import (
     phase_encodings,
     phase_metrics,
 )
+from ddchm.distributed import DistributedError
 from ddchm.models import HierarchicalModel
 from ddchm.validation import check_positive_int, make_generator
 
@@ -194,8 +195,16 @@ class DDCHelmholtzMachine(Algorithm):
 
     # --- the algorithm -----------------------------------------------------------------------
     def step(self, batch: torch.Tensor) -> dict[str, float]:
-        """One sleep phase (recognition + maps) and one wake update of theta."""
+        """One sleep phase (recognition + maps) and one wake update of theta.
+
+        Data-parallel (``self.shard``, ``ddchm.distributed``): every process draws the whole
+        step's dreams (and holds the whole batch), and takes its rows of the batch and of the
+        dreams for the wake targets, the recogniser's fit, the maps' Grams and the wake
+        gradient, whose sums are all-reduced; the phase decision reads every process's ESS."""
         batch, n = self.model.check_data(batch, "batch"), self.steps
+        shard, whole = self.shard, batch
+        if shard.sharded:  # this process's rows of the batch
+            batch = batch[shard.rows(batch.shape[0], "batch")]
         with self._phase("dreams"):
             sleep = self.dream()
         with self._phase("recalibration"):
@@ -212,12 +221,16 @@ class DDCHelmholtzMachine(Algorithm):
                 prior = self.particles.for_step(sleep, n, self.generator)
             if phase.due(n):  # the measured rule of wake_encodings = 'auto'
                 found = self.wake_targets(batch, sleep, features, particles=prior)
-                phase.decide(n, found.ess)
-                found = found.first(self.recogniser_training.rows(batch).shape[0])
+                phase.decide(n, shard.gather(found.ess))
+                rows = self.recogniser_training.rows(whole).shape[0]
+                if not shard.sharded:
+                    found = found.first(rows)
+                elif rows != whole.shape[0]:  # the recogniser's rows are not this batch's
+                    found = None
         self.wake_estimates = None
         with self._phase("recogniser"):
             if update:
-                self.recogniser_training.fit(sleep, batch, features, prior, found)
+                self.recogniser_training.fit(sleep, whole, features, prior, found)
             elif phase.reads_targets:
                 self.wake_estimates = found or self.wake_targets(
                     batch, sleep, features, particles=prior
@@ -234,18 +247,49 @@ class DDCHelmholtzMachine(Algorithm):
                 ascent = dict(zip(self.param_names, grads))
             else:
                 ridges = self.map_ridges()
-                solvers = [None, *self.particles.map_solvers(features, ridges, sleep[1:])]
-                ascent = wake_gradient(self.model, sleep, solvers, [None, *r], batch)
+                dreams = sleep
+                if shard.sharded:  # this process's dreams for the maps and the gradient
+                    mine = shard.rows(sleep[0].shape[0], "sleep_samples")
+                    dreams, features = [s[mine] for s in sleep], [f[mine] for f in features]
+                solvers = [None, *self.particles.map_solvers(features, ridges, dreams[1:], shard)]
+                ascent = wake_gradient(self.model, dreams, solvers, [None, *r], batch, shard)
         with self._phase("optimiser"):
             grad_norm = apply_ascent(self.optimizer, self.params, ascent, self.param_names)
         self.steps += 1
         training = self.recogniser_training
         metrics = {"recognition_loss": training.last_loss, "grad_norm": grad_norm}
-        metrics.update(phase_metrics(self.wake_phase, self.wake_estimates, training.last_wake_ess))
+        found = self.wake_estimates
+        if shard.sharded and found is not None:  # the whole batch's ESS in the metrics
+            found = found._replace(ess=shard.gather(found.ess))
+        metrics.update(phase_metrics(self.wake_phase, found, training.last_wake_ess))
         if self.diagnostic_every and self.steps % self.diagnostic_every == 0:
             with self._phase("diagnostics"):
                 metrics.update(self.diagnostics())
         return metrics
+
+    def check_shard(self, shard, batch_size: int) -> None:
+        """Raise ``DistributedError`` unless a step can be shared out over ``shard.world``
+        processes: the dreams and the recogniser's dreams and data rows must split evenly,
+        and the parts that would need another process's draws are not sharded (the
+        recogniser's own proposal particles on continuous layers, SNIS sleep targets, the
+        particle-gradient ablation)."""
+        rec, wake = self.options.recogniser, self.options.wake
+        refused = {
+            "wake_particles > 0 (proposal particles per data point)": wake.wake_particles,
+            "sleep_targets = 'snis'": rec.sleep_targets == "snis",
+            "wake_gradient = 'particles'": wake.wake_gradient == "particles",
+        }
+        for what, on in refused.items():
+            if on:
+                raise DistributedError(
+                    f"DDC-HM with {what} does not run data-parallel yet; set "
+                    f"algorithm.{what.split()[0]} to another value, or train in one process"
+                )
+        shard.rows(self.sleep_samples, "algorithm.sleep_samples")
+        dreams = {rec.recognition_dreams or self.sleep_samples, max(1, self.sleep_samples // 2)}
+        for count in sorted(dreams):
+            shard.rows(count, "the recogniser's dreams (recognition_dreams)")
+        shard.rows(min(rec.recognition_points, batch_size), "algorithm.recognition_points")
 
     @contextlib.contextmanager
     def _phase(self, name: str):

@@ -29,6 +29,7 @@ from ddchm.ddc.proposal import (
     state_codes,
 )
 from ddchm.ddc.wake import RidgeSolver
+from ddchm.distributed import LOCAL
 
 
 class WakeParticles:
@@ -65,17 +66,18 @@ class WakeParticles:
             for e, z in zip(self.encodings, latents)
         ]
 
-    def map_solvers(self, features, ridges, latents=None) -> list[RidgeSolver]:
+    def map_solvers(self, features, ridges, latents=None, shard=LOCAL) -> list[RidgeSolver]:
         """The gradient maps' solvers on the dreams' encodings; with ``latents`` (the dreams'
         z, ``features`` from :meth:`encode_samples`), a tabulated layer's solver works on its
-        distinct states (the same Gram, count-weighted)."""
+        distinct states (the same Gram, count-weighted). ``shard``: features and latents are
+        this process's dreams (``RidgeSolver``)."""
         solvers = []
         for l, (f, ridge) in enumerate(zip(features, ridges)):
             distinct = None
             if latents is not None and self.state_bits and self.encodings[l].tabulated:
                 states, index = torch.unique(state_codes([latents[l]]), return_inverse=True)
                 distinct = (self.encodings[l].state_table()[states], index)
-            solvers.append(RidgeSolver(f, ridge, distinct))
+            solvers.append(RidgeSolver(f, ridge, distinct, shard))
         return solvers
 
     @torch.no_grad()

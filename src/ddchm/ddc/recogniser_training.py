@@ -57,8 +57,13 @@ class RecogniserTraining:
         """Regression (eq 7) on the dreams ``sleep`` (then on fresh ones, ``recognition_steps``
         > 1) and, with ``wake_recognition``, on the data rows towards their importance targets.
         ``features``: the dreams' encodings; ``particles``: the prior particles of the wake
-        targets; ``found``: the rows' targets if already computed. Returns the first loss."""
+        targets; ``found``: the rows' targets if already computed. Returns the first loss.
+
+        In a sharded step (``machine.shard``) ``sleep``, ``features`` and ``data`` are the
+        whole step's; this process fits its equal part of the dreams and of the data rows
+        (``found``: the targets of its part of the rows), and the fit sums over processes."""
         machine, opts = self.machine, self.options
+        shard = machine.shard
         loss = None
         for step in range(opts.recognition_steps):
             dreams = sleep if step == 0 else machine.dream()
@@ -70,16 +75,23 @@ class RecogniserTraining:
             wake = {}
             if opts.wake_recognition and data is not None:
                 rows = self.rows(data)
+                if shard.sharded:
+                    rows = rows[shard.rows(rows.shape[0], "the recogniser's data rows")]
                 if step > 0 or found is None:
                     given = particles if step == 0 else None
                     found = machine.wake_targets(rows, dreams, targets, particles=given)
                 if step == 0:
                     machine.wake_estimates = found
-                self.last_wake_ess = float(found.ess.median())
+                self.last_wake_ess = float(shard.gather(found.ess).median())
                 weight = opts.wake_weight * (found.ess / self.min_ess).clamp(max=1.0)
                 wake = dict(wake_x=rows, wake_targets=found.targets, wake_weight=weight)
             n = machine.recognition_dreams  # the first n dreams (a random subset: they are iid)
-            value = machine.recognition.fit_step(dreams[0][:n], [t[:n] for t in regressed], **wake)
+            x, regressed = dreams[0][:n], [t[:n] for t in regressed]
+            if shard.sharded:
+                mine = shard.rows(n, "recognition_dreams")
+                x, regressed = x[mine], [t[mine] for t in regressed]
+                wake["shard"] = shard
+            value = machine.recognition.fit_step(x, regressed, **wake)
             loss = value if loss is None else loss
         self.last_loss = loss
         return loss

@@ -19,6 +19,7 @@ import copy
 import torch
 from torch import nn
 
+from ddchm.distributed import LOCAL
 from ddchm.validation import make_generator
 
 
@@ -46,20 +47,32 @@ class RunningRidge(nn.Module):
 
     @torch.no_grad()
     def update(
-        self, features: torch.Tensor, targets: list[torch.Tensor], weights=None
+        self, features: torch.Tensor, targets: list[torch.Tensor], weights=None, shard=LOCAL
     ) -> list[torch.Tensor]:
         """Add (features, targets) to the forgotten statistics, each row times its weight
-        (default 1); the new solutions A_l."""
+        (default 1); the new solutions A_l. ``shard``: the rows are this process's; the
+        additions are summed over processes first."""
         rho = self.forget
         weighted = features if weights is None else features * weights.unsqueeze(1)
-        self.gram.mul_(rho).add_((weighted.T @ features).double())
-        self.count.mul_(rho).add_(features.shape[0] if weights is None else float(weights.sum()))
+        if shard.sharded:  # F^T F, F^T T_l and the count of every process's rows, summed
+            gram = (weighted.T @ features).double()
+            crosses = [(weighted.T @ t).double() for t in targets]
+            count = gram.new_tensor(float(features.shape[0])) if weights is None else None
+            count = weights.sum().double() if count is None else count
+            shard.sum_(gram, count, *crosses)
+            self.gram.mul_(rho).add_(gram)
+            self.count.mul_(rho).add_(count)
+        else:
+            self.gram.mul_(rho).add_((weighted.T @ features).double())
+            n = features.shape[0] if weights is None else weights.sum()  # no host sync
+            self.count.mul_(rho).add_(n)
         eye = torch.eye(self.gram.shape[0], dtype=torch.float64, device=self.gram.device)
-        factor = torch.linalg.cholesky(self.gram + self.ridge * float(self.count) * eye)
+        factor = torch.linalg.cholesky(self.gram + self.ridge * self.count * eye)
         solutions = []
         for l, t in enumerate(targets):
             cross = getattr(self, f"cross{l}")
-            cross.mul_(rho).add_((weighted.T @ t).double())
+            added = crosses[l] if shard.sharded else (weighted.T @ t).double()
+            cross.mul_(rho).add_(added)
             solutions.append(torch.cholesky_solve(cross, factor))
         return solutions
 
@@ -349,11 +362,11 @@ class NetworkRecognition(nn.Module):
         return self._uncentred(self._forward(self._readout_trunk(), self.heads, x))
 
     @torch.no_grad()
-    def _solve_readout(self, h: torch.Tensor, targets: list[torch.Tensor], weights=None) -> None:
+    def _solve_readout(self, h, targets: list[torch.Tensor], weights=None, shard=LOCAL) -> None:
         """Heads <- ridge solution of the forgotten normal equations, updated with (h, targets)
-        and optional row weights."""
+        and optional row weights (``shard``: summed over processes)."""
         h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], 1)
-        solutions = self.normal_equations.update(h1, targets, weights)
+        solutions = self.normal_equations.update(h1, targets, weights, shard)
         for head, solution in zip(self.heads, solutions):
             solution = solution.to(head.weight.dtype)
             head.weight.copy_(solution[:-1].T)
@@ -366,11 +379,14 @@ class NetworkRecognition(nn.Module):
         wake_x: torch.Tensor | None = None,
         wake_targets: list[torch.Tensor] | None = None,
         wake_weight: float = 1.0,
+        shard=LOCAL,
     ) -> float:
         """One Adam step on the sleep regression loss (eq 7) on dreams (x, targets); returns the
         loss before the step (with ``readout='ridge'``: after the heads are re-solved on the
         dreams, before the trunk's step). With ``wake_x``, the mean squared error to
-        ``wake_targets`` on those points is added, times ``wake_weight``."""
+        ``wake_targets`` on those points is added, times ``wake_weight``. ``shard``: the rows
+        are this process's equal part of the dreams and of the data rows; the loss, its
+        gradient and the readout's equations are summed over processes."""
         n_sleep = x.shape[0]
         if wake_x is not None:
             x = torch.cat([x, wake_x])
@@ -378,10 +394,10 @@ class NetworkRecognition(nn.Module):
         # sum over rows of row_weight * ||r(x) - target||^2: weight 1 / n_sleep on the dreams (a
         # mean), wake_weight / n_wake on the data points; one pass over all rows, no slicing
         # (the sliced form spent a third of this step in slice and zero-fill copies)
-        row_weight = x.new_full((x.shape[0],), 1.0 / n_sleep)
+        row_weight = x.new_full((x.shape[0],), 1.0 / (n_sleep * shard.world))
         if wake_x is not None:  # wake_weight: a number, or one weight per data point
             weight = torch.as_tensor(wake_weight, dtype=x.dtype, device=x.device)
-            row_weight[n_sleep:] = weight / wake_x.shape[0]
+            row_weight[n_sleep:] = weight / (wake_x.shape[0] * shard.world)
         if self.readout == "ridge":
             scaled = self._scaled(x)
             h = self.trunk(scaled)
@@ -393,15 +409,17 @@ class NetworkRecognition(nn.Module):
             if wake_x is not None and self.readout_wake_rows:
                 # the data rows enter the heads' normal equations with the loss's weights,
                 # scaled so that a dream's row counts 1
-                self._solve_readout(read, targets, row_weight * n_sleep)
+                self._solve_readout(read, targets, row_weight * (n_sleep * shard.world), shard)
             else:
-                self._solve_readout(read[:n_sleep], [t[:n_sleep] for t in targets])
+                self._solve_readout(read[:n_sleep], [t[:n_sleep] for t in targets], None, shard)
             predictions = [head(h) for head in self.heads]
         else:
             predictions = self._forward(self.trunk, self.heads, x)
         loss = sum(row_weight @ ((p - t) ** 2).sum(1) for p, t in zip(predictions, targets))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if shard.sharded:  # each process's loss is its part of the sum: the gradients add
+            shard.sum_(*[p.grad for p in self.parameters() if p.grad is not None])
         self.optimizer.step()
         if self.lr_final is not None and self.optimizer.param_groups[0]["lr"] > self.lr_final:
             self.scheduler.step()
@@ -414,7 +432,7 @@ class NetworkRecognition(nn.Module):
                     averaged += list(self.averaged[1].parameters())
                 for avg, p in zip(averaged, live):
                     avg.lerp_(p, 1 - self.ema)
-        return float(loss.detach())
+        return float(shard.total(loss.detach()))
 
     def extra_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -463,15 +481,18 @@ class RidgeRecognition(nn.Module):
         return [phi @ a.to(x.dtype) for a in self.maps]
 
     @torch.no_grad()
-    def fit_step(self, x: torch.Tensor, targets: list[torch.Tensor]) -> float:
+    def fit_step(self, x: torch.Tensor, targets: list[torch.Tensor], shard=LOCAL) -> float:
+        """Refresh the maps with the dreams (x, targets); the loss before (``shard``: the rows
+        are this process's equal part; equations summed, loss averaged over processes)."""
         phi = self.embed(x)
         loss = sum(
             ((phi @ a.to(x.dtype) - t) ** 2).sum(1).mean() for a, t in zip(self.maps, targets)
         )
-        solutions = self.normal_equations.update(phi.double(), [t.double() for t in targets])
+        targets = [t.double() for t in targets]
+        solutions = self.normal_equations.update(phi.double(), targets, None, shard)
         for a, solution in zip(self.maps, solutions):
             a.copy_(solution.to(a.dtype))
-        return float(loss)
+        return float(shard.total(loss)) / shard.world
 
     def extra_state(self) -> dict:
         return {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ddchm.distributed import LOCAL
 from ddchm.models import Bernoulli, HierarchicalModel
 
 
@@ -37,9 +38,13 @@ class RidgeSolver:
     ``distinct``: (rows, index) with F = rows[index], F's distinct rows and which one each
     sample has (the dreams of a small binary layer repeat their states). The Gram is then the
     count-weighted Gram of the distinct rows, and every product runs over them.
+
+    ``shard``: F is this process's rows of the dreams (``ddchm.distributed``); the Gram and N
+    are summed over processes, so the solution is the whole F's, and the products with F
+    (``sample_weights``, ``affine_sum``, ``fit``) cover this process's rows only.
     """
 
-    def __init__(self, features: torch.Tensor, ridge, distinct=None):
+    def __init__(self, features: torch.Tensor, ridge, distinct=None, shard=LOCAL):
         self.features, self.index = features, None
         if distinct is None:
             self.features64 = features.double()
@@ -49,9 +54,10 @@ class RidgeSolver:
             self.features64 = rows.double()
             counts = torch.bincount(self.index, minlength=rows.shape[0]).to(self.features64)
             gram = self.features64.T @ (counts.unsqueeze(1) * self.features64)
+        shard.sum_(gram)
         if torch.is_tensor(ridge):
             ridge = ridge.to(gram)
-        gram.diagonal().add_(ridge * features.shape[0])
+        gram.diagonal().add_(ridge * (features.shape[0] * shard.world))
         self.factor = torch.linalg.cholesky(gram)
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
@@ -97,6 +103,7 @@ def wake_terms(
     solvers: list[RidgeSolver | None],
     encodings_of_batch: list[torch.Tensor | None],
     x: torch.Tensor,
+    shard=LOCAL,
 ) -> dict[str, torch.Tensor]:
     """The four parts of the wake objective (eqs 9-11), each a scalar of theta:
 
@@ -111,19 +118,29 @@ def wake_terms(
         solvers: [None, RidgeSolver(T_1(z_1^s)), ..., RidgeSolver(T_L(z_L^s))].
         encodings_of_batch: [None, r_1(x), ..., r_L(x)], each (N_w, K_l + 1), no gradient.
         x: the data batch, (N_w, D_0).
+        shard: with several processes (``ddchm.distributed``), x and the sleep samples are this
+            process's rows, the solvers' Grams are the whole dreams', the batch means are
+            summed over processes, and the terms are this process's part of the sums over
+            dreams (the prior's log-partition on rank 0 only): their sum over processes is the
+            whole objective.
     """
     L = model.n_latent_layers
     layers = model.layers
+    n_batch = x.shape[0] * shard.world
+
+    def batch_mean(r):  # r_bar over the whole batch
+        return r.mean(0) if not shard.sharded else shard.total(r.sum(0)) / n_batch
+
     # w^(l) = F_l (F_l^T F_l + lambda I)^{-1} r_bar_l (section 7)
     weights = [None] + [
-        solvers[l].sample_weights(encodings_of_batch[l].mean(0)) for l in range(1, L + 1)
+        solvers[l].sample_weights(batch_mean(encodings_of_batch[l])) for l in range(1, L + 1)
     ]
     terms = {}
 
     # Observation layer: E_q[J_0]^T S_0(x) via G = F_1 (F^T F + lambda I)^{-1} R_1^T S_0(X) / N_w
     observation = layers[0]
     data_stats = observation.sufficient_stats(x)
-    rhs = encodings_of_batch[1].T @ data_stats / x.shape[0]
+    rhs = shard.total(encodings_of_batch[1].T @ data_stats) / n_batch
     eta = observation.natural_params(sleep[1])
     partition = (weights[1] * observation.log_partition(eta)).sum()
     if isinstance(observation, Bernoulli):  # eta = W z_1 + b: sum_s G_s^T eta_s via the maps
@@ -145,19 +162,25 @@ def wake_terms(
     # Prior: E_q[S_L]^T theta_L - Phi_L(theta_L)
     eta = layers[L].natural_params(None)
     expected_stats = weights[L] @ layers[L].sufficient_stats(sleep[L])
-    terms["prior"] = (eta[0] * expected_stats).sum() - layers[L].log_partition(eta).sum()
+    terms["prior"] = (eta[0] * expected_stats).sum()
+    if shard.rank == 0:  # not a sum over dreams: counted once
+        terms["prior"] = terms["prior"] - layers[L].log_partition(eta).sum()
     return terms
 
 
-def wake_objective(model, sleep, solvers, encodings_of_batch, x) -> torch.Tensor:
+def wake_objective(model, sleep, solvers, encodings_of_batch, x, shard=LOCAL) -> torch.Tensor:
     """Scalar whose theta-gradient is the DDC estimate of mean_n grad_theta log p(x_n): the sum
-    of :func:`wake_terms`."""
-    return sum(wake_terms(model, sleep, solvers, encodings_of_batch, x).values())
+    of :func:`wake_terms` (with ``shard``: this process's part of it)."""
+    return sum(wake_terms(model, sleep, solvers, encodings_of_batch, x, shard).values())
 
 
-def wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict[str, torch.Tensor]:
-    """The DDC gradient estimate as a dict keyed like ``model.named_parameters()``."""
-    return model.gradients(wake_objective(model, sleep, solvers, encodings_of_batch, x))
+def wake_gradient(
+    model, sleep, solvers, encodings_of_batch, x, shard=LOCAL
+) -> dict[str, torch.Tensor]:
+    """The DDC gradient estimate as a dict keyed like ``model.named_parameters()`` (with
+    ``shard``: summed over processes, so every process gets the whole estimate)."""
+    objective = wake_objective(model, sleep, solvers, encodings_of_batch, x, shard)
+    return shard.reduce_gradients(model.gradients(objective), mean=False)
 
 
 def _flat_gradient(model, objective) -> torch.Tensor:
@@ -179,7 +202,7 @@ def explicit_wake_gradient(model, sleep, solvers, encodings_of_batch, x) -> dict
     params = list(params)
     L, layers = model.n_latent_layers, model.layers
     n_sleep = sleep[0].shape[0]
-    total = torch.zeros(sum(p.numel() for p in params), dtype=x.dtype)
+    total = torch.zeros(sum(p.numel() for p in params), dtype=x.dtype, device=x.device)
 
     def mapped(l, targets):  # mean_n M^T r_n for the map on T_l
         return (encodings_of_batch[l] @ solvers[l].fit(targets)).mean(0)

@@ -191,13 +191,17 @@ def phase_metrics(phase: WakePhaseChoice, found: Targets | None, recogniser_ess:
     ESS of the recogniser's data rows) and the share of r taken from them (the blend's mean
     weight; 0 where amortised)."""
     out = {"wake_phase": phase.name}
-    if found is not None:
-        out.update(wake_ess_min=float(found.ess.min()), wake_ess_median=float(found.ess.median()))
+    share = 0.0
+    if found is not None:  # one host sync for the three figures
+        ess = found.ess
+        figures = [ess.min(), ess.median()]
+        if phase.reads_targets:
+            figures.append((ess / phase.min_ess).clamp(max=1.0).mean())
+        values = torch.stack(figures).tolist()
+        out.update(wake_ess_min=values[0], wake_ess_median=values[1])
+        share = values[2] if phase.reads_targets else 0.0
     elif math.isfinite(recogniser_ess):
         out["wake_ess_median"] = recogniser_ess
-    share = 0.0
-    if phase.reads_targets and found is not None:
-        share = float((found.ess / phase.min_ess).clamp(max=1.0).mean())
     out["importance_share"] = share
     return out
 

@@ -235,7 +235,9 @@ class ExactInference:
             total *= s
         if total > max_joint:
             raise ValueError(f"joint_expectation: {total} joint configurations > max_joint")
-        grids = torch.cartesian_prod(*[torch.arange(s) for s in sizes]).reshape(total, -1)
+        device = posteriors[1].device
+        grids = torch.cartesian_prod(*[torch.arange(s, device=device) for s in sizes])
+        grids = grids.reshape(total, -1)
         # p(z_1..z_L | x) = p(z_1 | x) prod_l p(z_{l+1} | z_l)
         weights = posteriors[1][:, grids[:, 0]]
         for l in range(1, self.n_latent_layers):
@@ -306,7 +308,8 @@ def brute_force_log_marginal(model: HierarchicalModel, x: torch.Tensor) -> torch
     for bits in itertools.product([0.0, 1.0], repeat=sum(dims)):
         latents, start = [], 0
         for d in dims:
-            z = torch.tensor(bits[start : start + d], dtype=x.dtype).expand(x.shape[0], d)
+            z = torch.tensor(bits[start : start + d], dtype=x.dtype, device=x.device)
+            z = z.expand(x.shape[0], d)
             latents.append(z)
             start += d
         terms.append(model.log_joint(x, latents, validate=False))

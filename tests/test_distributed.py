@@ -8,6 +8,7 @@ and evaluation.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -231,3 +232,80 @@ def test_python_dash_m_ddchm_runs_the_cli():
         [sys.executable, "-m", "ddchm", "--help"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "train" in done.stdout
+
+
+TORCHRUN_CONFIG = """
+[data]
+name = "sbn-hard"
+n_train = 1000
+n_valid = 100
+n_test = 200
+[model]
+dtype = "float64"
+[algorithm]
+name = "ddc"
+sleep_samples = 200
+n_features = [40, 20]
+diagnostic_every = 0
+[train]
+steps = 60
+batch_size = 20
+log_every = 1
+eval_every = 30
+checkpoint_every = 4
+device = "cpu"
+[evaluate]
+posterior_points = 50
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_torchrun_run_killed_by_sigkill_resumes_to_the_uninterrupted_run(tmp_path):
+    """`torchrun --nproc-per-node 2 -m ddchm train`, every process SIGKILLed after a checkpoint,
+    then the same command again: the same checkpoint, bit for bit, as a run never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ddchm.train import CHECKPOINT, load_checkpoint
+
+    config = tmp_path / "c.toml"
+    config.write_text(TORCHRUN_CONFIG)
+
+    def torchrun(out):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += ["--nproc-per-node", "2", "-m", "ddchm", "train", str(config)]
+        command += ["--out", str(out), "--no-quality", "--no-progress"]
+        return subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group: one SIGKILL reaches every rank
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+
+    straight = torchrun(tmp_path / "straight")
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+    killed = torchrun(tmp_path / "killed")
+    deadline, step = time.monotonic() + 300, 0
+    while step < 8 and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.1)
+        try:
+            step = load_checkpoint(tmp_path / "killed" / CHECKPOINT)["step"]
+        except Exception:  # not written yet
+            step = 0
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+    stopped_at = load_checkpoint(tmp_path / "killed" / CHECKPOINT)["step"]
+    assert 8 <= stopped_at < 60, stopped_at  # killed mid-run, after a checkpoint
+    resumed = torchrun(tmp_path / "killed")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT)
+    b = load_checkpoint(tmp_path / "killed" / CHECKPOINT)
+    assert a["step"] == b["step"] == 60
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    records = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in records] == list(range(61))

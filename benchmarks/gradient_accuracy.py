@@ -15,7 +15,18 @@ Models: easy = sbn-easy (4-10-30, weights sd 2), hard = sbn-hard (4-10-8, sd 3),
 (laplace-chain, Gaussian(1) -> Laplace(1) -> Gaussian(2), quadrature). The learned recogniser
 uses the library's default settings on every model (no per-model tuning); the protocol (theta
 fixed, Adam decayed 2e-3 -> 2e-5 over the budget, 1,000 dreams a step) is the same for all.
+Wide models, where nothing can be enumerated (``--models mnist-sbn2,mnist-sbn-200-200``: the
+20-100-784 and 200-200-784 SBNs of ``src/ddchm/configs/reproduce/`` on the offline MNIST subset):
+theta is taken from an RWS-5 run of ``--theta-cpu-s`` CPU seconds, and the reference is
+:func:`~ddchm.evaluate.gradients.importance_gradient` with ``--reference-particles`` particles a
+point from that run's trained q, on ``--wide-points`` held-out digits; a second, independent
+reference gives ``reference_self_cosine`` (how sharp the reference is: a cosine above it cannot
+be told from it). At that theta, ``oracle_cosine`` is DDC-HM's wake gradient with r = the
+reference's own E[T | x] (the maps' error alone), ``learned_cosine`` with the recogniser's r
+after ``--recognition-steps`` at theta fixed (maps and recognition), and ``update_cosine`` each
+baseline's expected update with its own q fitted for as many steps.
 Usage: python benchmarks/gradient_accuracy.py [--quick] [--algorithms ws,rws,vimco]
+       python benchmarks/gradient_accuracy.py --models mnist-sbn2 --algorithms ws,rws,vimco
 The last line of output is JSON.
 """
 
@@ -34,6 +45,10 @@ from ddchm.ddc import DDCHelmholtzMachine, RidgeSolver, wake_gradient
 from ddchm.evaluate.gradients import compare_gradients, oracle_encodings, perturbed_model
 from ddchm.models import exact_reference
 
+WIDE = {  # configs under src/ddchm/configs/reproduce/
+    "mnist-sbn2": "mnist-sbn2.toml",
+    "mnist-sbn-200-200": "mnist-sbn-200-200.toml",
+}
 MODELS = {
     "easy": "sbn-easy",
     "hard": "sbn-hard",
@@ -108,6 +123,82 @@ def baseline_cosines(model, x, target, names, args):
     return out
 
 
+def wide_cosines(key, names, args):
+    """Cosines to a many-particle importance reference at a theta learned by RWS-5."""
+    import copy
+    from importlib import resources
+
+    from ddchm.algorithms.update_estimate import expected_theta_update
+    from ddchm.evaluate.gradients import importance_gradient
+    from ddchm.experiment import algorithm_class, load_config, run
+
+    path = resources.files("ddchm") / "configs" / "reproduce" / WIDE[key]
+    config = load_config(
+        str(path),
+        {
+            "algorithm": {"name": "rws", "num_particles": 5, "lr": 0.005, "hidden": [200]},
+            "train": {"max_cpu_seconds": args.theta_cpu_s, "log_every": 10**6},
+        },
+    )
+    tic = time.process_time()
+    result = run(config, progress=False)
+    model, data = result["model"], result["data"]
+    theta_cpu = time.process_time() - tic
+    x = data["test"][: args.wide_points].float()
+    train_rows = data["train"][:2000].float()
+    out = {"theta_steps": result["final"]["step"], "theta_cpu_s": round(theta_cpu, 1)}
+
+    ddc = DDCHelmholtzMachine.from_options(copy.deepcopy(model), generator=3, **args.overrides)
+    statistics = list(ddc.encodings)
+    tic = time.process_time()
+    references = [
+        importance_gradient(
+            model,
+            x,
+            result["algorithm"].recognition,
+            n_particles=args.reference_particles,
+            particle_chunk=1000,
+            statistics=statistics,
+            generator=seed,
+        )
+        for seed in (0, 1)
+    ]
+    reference = references[0]
+    out["reference_cpu_s"] = round(time.process_time() - tic, 1)
+    out["reference_self_cosine"] = compare_gradients(references[1].gradient, reference.gradient)[
+        "cosine"
+    ]
+    out["reference_ess_median"] = float(reference.ess.median())
+    target = reference.gradient
+
+    tic = time.process_time()
+    ddc.fit_recognition(args.recognition_steps, data=train_rows)
+    out["recognition_cpu_s"] = round(time.process_time() - tic, 1)
+    dreams = ddc.dream(args.map_samples)
+    solvers = [None, *ddc.map_solvers(ddc.encode(dreams[1:]))]
+    oracle_r = [None] + [e.to(x.dtype) for e in reference.expectations]
+    out["oracle"] = compare_gradients(
+        wake_gradient(ddc.model, dreams, solvers, oracle_r, x), target
+    )
+    learned_r = [None] + ddc.expected_encodings(x)
+    out["learned"] = compare_gradients(
+        wake_gradient(ddc.model, dreams, solvers, learned_r, x), target
+    )
+    out["recogniser_r2_on_reference"] = [
+        float(1 - (r - t).pow(2).sum() / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12))
+        for r, t in zip(learned_r[1:], oracle_r[1:])
+    ]
+    updates = {}
+    for name in names:
+        cls = algorithm_class(name)
+        kwargs = {"num_particles": args.particles} if name in ("rws", "vimco") else {}
+        algorithm = cls(copy.deepcopy(model), generator=4, hidden=(200,), **kwargs)
+        algorithm.fit_recognition(args.recognition_steps, data=None if name == "ws" else train_rows)
+        updates[name] = compare_gradients(expected_theta_update(algorithm, x, args.draws), target)
+    out["updates"] = updates
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small budgets (smoke test)")
@@ -120,6 +211,9 @@ def main():
     parser.add_argument("--oracle-ridge", type=float, default=1e-6)
     parser.add_argument("--particles", type=int, default=10)
     parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--theta-cpu-s", type=float, default=120.0, help="wide models: RWS-5 run")
+    parser.add_argument("--reference-particles", type=int, default=10_000)
+    parser.add_argument("--wide-points", type=int, default=100, help="wide models: test digits")
     parser.add_argument(
         "--set",
         action="append",
@@ -129,8 +223,15 @@ def main():
     )
     args = parser.parse_args()
     args.overrides = tomllib.loads("\n".join(args.set))
+    wide = [m for m in args.models.split(",") if m in WIDE]
+    unknown = [m for m in args.models.split(",") if m not in WIDE and m not in MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; expected some of {[*MODELS, *WIDE]}")
     if args.quick:
         args.map_samples, args.recognition_steps, args.draws = 10_000, 500, 20
+        args.theta_cpu_s, args.reference_particles, args.wide_points = 10.0, 1000, 20
+    elif wide and args.recognition_steps == 6000:  # a wide model's step costs ~10x a small one's
+        args.recognition_steps = 2000
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result = {
         "oracle_cosine": {},
@@ -143,6 +244,31 @@ def main():
     }
     names = [n for n in args.algorithms.split(",") if n]
     for key in args.models.split(","):
+        if key in WIDE:
+            torch.set_num_threads(1)
+            wide_result = wide_cosines(key, names, args)
+            result["oracle_cosine"][key] = round(wide_result["oracle"]["cosine"], 4)
+            result["oracle_rel_error"][key] = round(wide_result["oracle"]["rel_error"], 4)
+            result["learned_cosine"][key] = round(wide_result["learned"]["cosine"], 4)
+            result["learned_rel_error"][key] = round(wide_result["learned"]["rel_error"], 4)
+            result["update_cosine"][key] = {
+                "ddc": round(wide_result["learned"]["cosine"], 4),
+                **{n: round(v["cosine"], 4) for n, v in wide_result["updates"].items()},
+            }
+            result.setdefault("reference", {})[key] = {
+                k: wide_result[k]
+                for k in (
+                    "reference_self_cosine",
+                    "reference_ess_median",
+                    "reference_cpu_s",
+                    "theta_steps",
+                    "theta_cpu_s",
+                    "recognition_cpu_s",
+                    "recogniser_r2_on_reference",
+                )
+            }
+            print(f"{key}: {json.dumps(wide_result)}", flush=True)
+            continue
         truth_name = MODELS[key]
         if args.skip_ddc:
             truth = make_truth(truth_name)

@@ -188,6 +188,28 @@ def wide_cosines(key, names, args):
         float(1 - (r - t).pow(2).sum() / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12))
         for r, t in zip(learned_r[1:], oracle_r[1:])
     ]
+    # the maps' error against the number of random features K (r: the reference's E[T | x])
+    sweep = {}
+    for k in args.oracle_features:
+        probe = DDCHelmholtzMachine.from_options(
+            copy.deepcopy(model), generator=3, **{**args.overrides, "n_features": k}
+        )
+        expected = importance_gradient(
+            model,
+            x,
+            result["algorithm"].recognition,
+            n_particles=args.reference_particles,
+            particle_chunk=1000,
+            statistics=list(probe.encodings),
+            generator=0,  # the same particles and weights as the reference
+        ).expectations
+        dreams_k = probe.dream(args.map_samples)
+        solvers_k = [None, *probe.map_solvers(probe.encode(dreams_k[1:]))]
+        r_k = [None] + [e.to(x.dtype) for e in expected]
+        sweep[str(k)] = compare_gradients(
+            wake_gradient(probe.model, dreams_k, solvers_k, r_k, x), target
+        )["cosine"]
+    out["oracle_cosine_by_features"] = sweep
     updates = {}
     for name in names:
         cls = algorithm_class(name)
@@ -214,6 +236,12 @@ def main():
     parser.add_argument("--theta-cpu-s", type=float, default=120.0, help="wide models: RWS-5 run")
     parser.add_argument("--reference-particles", type=int, default=10_000)
     parser.add_argument("--wide-points", type=int, default=100, help="wide models: test digits")
+    parser.add_argument(
+        "--oracle-features",
+        type=lambda text: [int(v) for v in text.split(",") if v],
+        default=[],
+        help="wide models: also the oracle cosine with K random features a layer, e.g. 100,400",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -265,6 +293,7 @@ def main():
                     "theta_cpu_s",
                     "recognition_cpu_s",
                     "recogniser_r2_on_reference",
+                    "oracle_cosine_by_features",
                 )
             }
             print(f"{key}: {json.dumps(wide_result)}", flush=True)

@@ -6,7 +6,9 @@ The setting is ``src/ddchm/configs/reproduce/mnist-sbn2.toml`` (SBN 20-100-784 o
 ``default``; ``no-wake-rows`` (wake_recognition = false: the recogniser trained on dreams only);
 ``adam-readout`` (recognition_readout = 'adam' instead of the ridge readout); ``one-ridge``
 (exact_ridge = ridge: no separate ridge level on the exact features); ``paper`` (the paper
-preset: all of these and the rest); and wake-sleep (``ws``) beside them. Every model is measured
+preset: all of these and the rest); the preset's other switches one at a time
+(``no-moment-heads``, ``no-recalibration``, ``no-input-scaling``, ``no-products``); and
+wake-sleep (``ws``) beside them. Every model is measured
 on the same held-out points with the same random numbers: AIS (``--ais-points`` points, 16
 chains x 200 temperatures) and IS through a fitted proposal.
 Usage: python benchmarks/ddc_ablation_mnist.py [--cpu-seconds 25] [--seeds 2] [--quick]
@@ -32,6 +34,10 @@ VARIANTS = {
     "adam-readout": {"name": "ddc", "recognition_readout": "adam"},
     "one-ridge": {"name": "ddc", "exact_ridge": 1e-3},
     "paper": {"name": "ddc", "preset": "paper"},
+    "no-moment-heads": {"name": "ddc", "moment_heads": False},
+    "no-recalibration": {"name": "ddc", "recalibrate_every": 0},
+    "no-input-scaling": {"name": "ddc", "input_scaling": False},
+    "no-products": {"name": "ddc", "max_products": 0},
     "ws": {"name": "ws"},
 }
 

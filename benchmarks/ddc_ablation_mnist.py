@@ -52,6 +52,11 @@ VARIANTS.update(
         "paper+exact-ridge": {**PAPER, "exact_ridge": 1e-6},
         "paper+recalibration": {**PAPER, "recalibrate_every": 1},
         "paper+input-scaling": {**PAPER, "input_scaling": True},
+        "paper+input-scaling+recalibration": {
+            **PAPER,
+            "input_scaling": True,
+            "recalibrate_every": 1,
+        },
     }
 )
 

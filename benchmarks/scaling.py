@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+
+from ddchm.distributed import free_loopback_port, set_local_process_env
 
 LAYERS = [
     {"family": "bernoulli", "dim": 200},
@@ -51,13 +52,7 @@ def algorithm_section(name: str, dreams: int) -> dict:
 
 
 def _worker(rank, world, port, name, args, path):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    set_local_process_env(rank, world, port)
     torch.set_num_threads(1)
     from ddchm import distributed
     from ddchm.experiment import build_algorithm
@@ -87,18 +82,12 @@ def _worker(rank, world, port, name, args, path):
     distributed.finish()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(name: str, world: int, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "timing.json")
         mp.start_processes(
             _worker,
-            args=(world, free_port(), name, args, path),
+            args=(world, free_loopback_port(), name, args, path),
             nprocs=world,
             join=True,
             start_method="spawn",

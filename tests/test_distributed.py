@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ddchm.distributed import LOCAL, DistributedError, Shard
+from ddchm.distributed import (
+    LOCAL,
+    DistributedError,
+    Shard,
+    free_loopback_port,
+    set_local_process_env,
+)
 from ddchm.experiment import build_algorithm, load_config, run
 from ddchm.models import HierarchicalModel
 
@@ -50,12 +55,6 @@ def config_for(case: str, steps: int = 6) -> dict:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def snapshot(result: dict) -> dict:
     algorithm = result["algorithm"]
     out = {f"model.{k}": v.detach().clone() for k, v in result["model"].state_dict().items()}
@@ -65,13 +64,7 @@ def snapshot(result: dict) -> dict:
 
 
 def _worker(rank, world, port, config, out_dir, path):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    set_local_process_env(rank, world, port)
     torch.set_num_threads(1)
     result = run(config, out_dir=out_dir, progress=False)
     torch.save(snapshot(result), f"{path}.{rank}")
@@ -82,7 +75,7 @@ def run_processes(config, tmp_path, world=2, out_dir=None, tag="run") -> list[di
     path = str(tmp_path / tag)
     mp.start_processes(
         _worker,
-        args=(world, free_port(), config, out_dir, path),
+        args=(world, free_loopback_port(), config, out_dir, path),
         nprocs=world,
         join=True,
         start_method="spawn",

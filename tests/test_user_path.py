@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import torch
 
 import ddchm
 from ddchm.cli import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USER_ERROR
+from ddchm.distributed import free_loopback_port
 from ddchm.train import CHECKPOINT, DivergenceError, DivergenceGuard, load_checkpoint
 
 ARRAY_CONFIG = """
@@ -212,12 +212,6 @@ def test_cache_dir_and_ddchm_cache_follow_one_rule(tmp_path):
     assert found.returncode == 0, found.stderr
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again on leaving: connections are refused
-
-
 @pytest.mark.parametrize(
     "case",
     [
@@ -262,7 +256,7 @@ def test_former_tracebacks_are_one_named_line_with_exit_2(case, tmp_path):
     elif case == "sample_memory":
         args, message = ["sample", "sbn-hard", "-n", 10**12, "-o", "big.npy"], "GiB"
     elif case == "download":
-        mirror = f"http://127.0.0.1:{closed_port()}/"
+        mirror = f"http://127.0.0.1:{free_loopback_port()}/"  # refused
         args = ["data", "download", "mnist", "--cache-dir", tmp_path, "--mirror", mirror]
         message = "could not download"
     elif case == "unknown_algorithm":

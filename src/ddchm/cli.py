@@ -631,23 +631,20 @@ def cmd_data_list(args) -> int:
 
 
 def cmd_data_download(args) -> int:
-    from tqdm.auto import tqdm
-
     from ddchm.data import download_mnist
+    from ddchm.progress import progress_bar
 
     bars = {}
 
     def progress(name, done, total):
         if name not in bars:
-            bars[name] = tqdm(total=total, desc=name, unit="B", unit_scale=True)
+            bars[name] = progress_bar(total=total, desc=name, unit="B", unit_scale=True)
         bars[name].update(done - bars[name].n)
 
     from ddchm.data.download import MNIST_MIRRORS
 
     mirrors = tuple(args.mirror) if args.mirror else MNIST_MIRRORS
-    path = download_mnist(
-        _cache_dir(args.cache_dir, "mnist"), mirrors=mirrors, progress=progress, retry_wait=0.5
-    )
+    path = download_mnist(_cache_dir(args.cache_dir, "mnist"), mirrors=mirrors, progress=progress)
     for bar in bars.values():
         bar.close()
     print(f"MNIST is in {path}{_cache_hint(args.cache_dir)}")

@@ -159,6 +159,29 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a local process group's
+    MASTER_PORT; nothing holds it afterwards, so a connection to it is refused)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def set_local_process_env(rank: int, world: int, port: int) -> None:
+    """Set the variables torchrun would give process ``rank`` of ``world`` on this machine
+    (loopback, ``port``), for processes started from Python (torch.multiprocessing); then
+    :func:`init_from_env` (or :func:`ddchm.experiment.run`) joins the group."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+
+
 def world_from_env() -> int:
     """``WORLD_SIZE`` as torchrun sets it (1 when unset)."""
     value = os.environ.get("WORLD_SIZE", "1")

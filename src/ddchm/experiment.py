@@ -405,7 +405,7 @@ class Evaluator:
         elif self.mmd is not None:
             samples = self.mmd.samples(self.model)
             if bool(torch.isfinite(samples).all()):
-                out["mmd2"] = self.mmd(self.model).mmd2
+                out["mmd2"] = self.mmd.compare(samples).mmd2
         if out:
             out["heldout"] = self.heldout
         return out
@@ -483,16 +483,16 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
     return out
 
 
-def check_resume(out_dir: str | Path, config: dict, data: dict | None = None) -> None:
+def check_resume(out_dir: str | Path, config: dict, data: dict | None = None) -> dict | None:
     """Refuse to resume a run directory whose checkpoint was made with other hyper-parameters
     (the optimiser would keep the old ones while the checkpoint recorded the new) or, given
     ``data``, on other data (the learning curve would mix two data sets): a
-    :class:`ConfigError` lists each difference."""
+    :class:`ConfigError` lists each difference. Returns the checkpoint (None: there is none)."""
     from ddchm.train import CHECKPOINT, load_checkpoint
 
     path = Path(out_dir) / CHECKPOINT
     if not path.is_file():
-        return
+        return None
     state = load_checkpoint(path)
     saved = state.get("config")
     if isinstance(saved, dict):  # a checkpoint written by the Python API may hold none
@@ -505,17 +505,38 @@ def check_resume(out_dir: str | Path, config: dict, data: dict | None = None) ->
                 "eval_every, checkpoint_every, max_seconds, max_cpu_seconds, device and "
                 "evaluate.posterior_points may change on resuming."
             )
-    saved_data = state.get("data_fingerprint")
-    if data is not None and isinstance(saved_data, dict):
-        changed = fingerprint_differences(saved_data, data_fingerprint(data))
-        if changed:
-            where = config.get("data", {}).get("path") or config.get("data", {}).get("source")
-            raise ConfigError(
-                f"{path}: the data changed since this run was checkpointed "
-                f"({'; '.join(changed)}; data: {where}), so resuming would mix two data sets in "
-                "one run. Restore the original data to resume, or train on the new data in "
-                "another run directory (--out)."
-            )
+    if data is not None:
+        check_same_data(path, state, data_fingerprint(data), config, RESUMING)
+    return state
+
+
+# check_same_data's (since when, what the change would do), on resuming and on loading a run
+RESUMING = (
+    "since this run was checkpointed",
+    "resuming would mix two data sets in one run. Restore the original data to resume, or "
+    "train on the new data in another run directory (--out).",
+)
+EVALUATING = (
+    "since this run",
+    "its model would be measured on other data; restore the original data",
+)
+
+
+def check_same_data(path: Path, state: dict, fingerprint: dict, config: dict, why) -> None:
+    """ConfigError naming each split whose data differ from the fingerprint the checkpoint
+    ``state`` recorded (nothing to check in a checkpoint without one). ``why``: (since when,
+    what the change would do), :data:`RESUMING` or :data:`EVALUATING`."""
+    saved = state.get("data_fingerprint")
+    if not isinstance(saved, dict):
+        return
+    changed = fingerprint_differences(saved, fingerprint)
+    if changed:
+        since, consequence = why
+        where = config.get("data", {}).get("path") or config.get("data", {}).get("source")
+        raise ConfigError(
+            f"{path}: the data changed {since} ({'; '.join(changed)}; data: {where}), so "
+            f"{consequence}"
+        )
 
 
 def write_run_config(out_dir: str | Path, config: dict) -> Path:
@@ -562,21 +583,21 @@ def run(
     from ddchm import distributed  # torchrun: join the group; on CUDA, this rank's device
 
     device = distributed.init_from_env(device)
-    if out_dir is not None:
-        check_resume(out_dir, config)  # before the data are built: a config error is cheap
+    # the config is checked before the data are built (a config error is cheap), the data after
+    resumed = check_resume(out_dir, config) if out_dir is not None else None
     data = build_data(config["data"])
     fingerprint = data_fingerprint(data)
     if out_dir is not None:
-        from ddchm.train import CHECKPOINT, load_checkpoint, prepare_run_directory
+        from ddchm.train import CHECKPOINT, prepare_run_directory
 
-        check_resume(out_dir, config, data)
+        if resumed is not None:
+            check_same_data(Path(out_dir) / CHECKPOINT, resumed, fingerprint, config, RESUMING)
         lead = distributed.rank() == 0  # under torchrun, one process writes and speaks
         prepare_run_directory(Path(out_dir), probe_name=f".write-test{distributed.rank()}")
         if lead:
             write_run_config(out_dir, config)
-        if lead and say is not None and (Path(out_dir) / CHECKPOINT).is_file():
-            step = load_checkpoint(Path(out_dir) / CHECKPOINT)["step"]
-            say(f"resuming {out_dir} from step {step} of {config['train']['steps']}")
+        if lead and say is not None and resumed is not None:
+            say(f"resuming {out_dir} from step {resumed['step']} of {config['train']['steps']}")
     model = build_model(config["model"], data).to(device)
     algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])
     evaluator = Evaluator(
@@ -673,15 +694,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
             "ddchm.experiment.run(config, out_dir)"
         )
     data = build_data(config["data"])
-    saved = state.get("data_fingerprint")
-    if isinstance(saved, dict):
-        changed = fingerprint_differences(saved, data_fingerprint(data))
-        if changed:
-            raise ConfigError(
-                f"{path}: the data changed since this run ({'; '.join(changed)}; data: "
-                f"{config['data'].get('path') or config['data']['source']}), so its model would "
-                "be measured on other data; restore the original data"
-            )
+    check_same_data(path, state, data_fingerprint(data), config, EVALUATING)
     model = build_model(config["model"], data)
     algorithm = build_algorithm(config["algorithm"], model, config["train"]["seed"])
     restore_state(path / CHECKPOINT, state, model, algorithm)

@@ -118,8 +118,12 @@ class HeldOutMMD:
     def __call__(self, model, n_permutations: int = 0, progress: bool = False):
         """The :class:`~ddchm.evaluate.mmd.MMDResult` of ``model`` (with a permutation p-value
         when ``n_permutations`` > 0)."""
+        return self.compare(self.samples(model), n_permutations, progress)
+
+    def compare(self, samples: torch.Tensor, n_permutations: int = 0, progress: bool = False):
+        """The :class:`~ddchm.evaluate.mmd.MMDResult` of ``samples`` (from :meth:`samples`)."""
         return mmd(
-            self.samples(model),
+            samples,
             self.points,
             bandwidth=self.bandwidths,
             n_permutations=n_permutations,

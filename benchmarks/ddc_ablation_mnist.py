@@ -3,7 +3,9 @@
 
 The setting is ``src/ddchm/configs/reproduce/mnist-sbn2.toml`` (SBN 20-100-784 on the offline
 10,000-digit subset) at ``--cpu-seconds`` of one thread (25: the RESULTS setting). Variants:
-``default``; ``no-wake-rows`` (wake_recognition = false: the recogniser trained on dreams only);
+``default`` (on this chain, since issue 24: amortised from the start, the paper's recogniser
+on standardised x, calibrated once); ``dense-default`` (the default before that change);
+``no-wake-rows`` (wake_recognition = false: the recogniser trained on dreams only);
 ``adam-readout`` (recognition_readout = 'adam' instead of the ridge readout); ``one-ridge``
 (exact_ridge = ridge: no separate ridge level on the exact features); ``paper`` (the paper
 preset: all of these and the rest); the preset's other switches one at a time
@@ -40,6 +42,15 @@ VARIANTS = {
     "no-input-scaling": {"name": "ddc", "input_scaling": False},
     "no-products": {"name": "ddc", "max_products": 0},
     "ws": {"name": "ws"},
+    "plug-in": {"name": "ddc", "plug_in": True},
+    # the default on wide binary chains before issue 24 made them amortised from the start
+    "dense-default": {
+        "name": "ddc",
+        "wake_recognition": True,
+        "recognition_readout": "ridge",
+        "input_scaling": False,
+        "recalibrate_every": 1,
+    },
 }
 # the other way round: the paper preset with one of the defaults' switches turned back on
 PAPER = {"name": "ddc", "preset": "paper"}
@@ -52,6 +63,7 @@ VARIANTS.update(
         "paper+exact-ridge": {**PAPER, "exact_ridge": 1e-6},
         "paper+recalibration": {**PAPER, "recalibrate_every": 1},
         "paper+input-scaling": {**PAPER, "input_scaling": True},
+        "paper+input-scaling+plug-in": {**PAPER, "input_scaling": True, "plug_in": True},
         "paper+input-scaling+recalibration": {
             **PAPER,
             "input_scaling": True,

@@ -42,6 +42,7 @@ import torch
 
 from ddchm.data import make_truth
 from ddchm.ddc import DDCHelmholtzMachine, RidgeSolver, wake_gradient
+from ddchm.ddc.wake import plug_in_points
 from ddchm.evaluate.gradients import compare_gradients, oracle_encodings, perturbed_model
 from ddchm.models import exact_reference
 
@@ -73,6 +74,10 @@ def ddc_cosines(truth_name, args):
     solvers = [None] + [RidgeSolver(f, args.oracle_ridge) for f in ddc.encode(dreams[1:])]
     r = [None] + oracle_encodings(exact, ddc.encodings, x)
     out["oracle"] = compare_gradients(wake_gradient(model, dreams, solvers, r, x), target)
+    points = plug_in_points(ddc.encodings, r)
+    out["oracle_plug_in"] = compare_gradients(
+        wake_gradient(model, dreams, solvers, r, x, plug_in=points), target
+    )
     # (b) learned recogniser, theta fixed; float32 as in training
     model32 = perturbed_model(truth.model, 0.5, seed=1).float()
     for label, whiten in (("learned", False), ("learned_whitened", True)):
@@ -184,6 +189,12 @@ def wide_cosines(key, names, args):
     out["learned"] = compare_gradients(
         wake_gradient(ddc.model, dreams, solvers, learned_r, x), target
     )
+    # the log-partition maps as corrections of a plug-in at the posterior means (wake.py)
+    for name, r in (("oracle_plug_in", oracle_r), ("learned_plug_in", learned_r)):
+        points = plug_in_points(ddc.encodings, r)
+        out[name] = compare_gradients(
+            wake_gradient(ddc.model, dreams, solvers, r, x, plug_in=points), target
+        )
     out["recogniser_r2_on_reference"] = [
         float(1 - (r - t).pow(2).sum() / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12))
         for r, t in zip(learned_r[1:], oracle_r[1:])

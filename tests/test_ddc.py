@@ -77,6 +77,42 @@ def test_oracle_wake_gradient_matches_exact_gradient_on_tiny_model():
     assert compare_gradients(through_machine, target) == result
 
 
+def test_plug_in_partition_terms_are_exact_for_a_point_mass_posterior():
+    """With r_l = T_l(z_l*) (a posterior that is one state), the plug-in log-partition terms
+    are the exact ones, whatever the maps' residual; the maps alone are not."""
+    from ddchm.ddc.wake import plug_in_points, wake_terms
+
+    model = tiny_sbn(1)
+    x, z1, z2 = model.sample(50, generator=5)
+    ddc = DDCHelmholtzMachine.from_options(
+        model, n_features=[6, 3], sleep_samples=500, max_products=0, generator=6
+    )
+    sleep, solvers = machine_pieces(ddc, x)
+    r = [None, ddc.encodings[0](z1), ddc.encodings[1](z2)]
+    obs, latent = model.layers[0], model.layers[1]
+    exact_obs = model.gradients(obs.log_prob(x, z1).mean())
+    exact_partition = model.gradients(-latent.log_partition(latent.natural_params(z2)).mean())
+
+    def error(plug_in):
+        terms = wake_terms(model, sleep, solvers, r, x, plug_in=plug_in)
+        got_obs = model.gradients(terms["observation"])
+        got_partition = model.gradients(terms["latent_partition"])
+        return max(
+            float((got_obs[k] - exact_obs[k]).abs().max() / exact_obs[k].abs().max())
+            for k in ("layers.0.weight", "layers.0.bias")
+        ), max(
+            float((got_partition[k] - exact_partition[k]).abs().max())
+            for k in ("layers.1.weight", "layers.1.bias")
+        )
+
+    points = plug_in_points(ddc.encodings, r)
+    assert torch.equal(points[1][0], z1) and torch.equal(points[2][1], r[2])
+    obs_error, partition_error = error(points)
+    assert obs_error < 1e-4 and partition_error < 1e-4
+    plain_obs, plain_partition = error(None)
+    assert plain_obs > 1e-2 and plain_partition > 3e-4  # the residual the plug-in removes
+
+
 def test_oracle_gradient_is_per_parameter_accurate():
     """Every parameter tensor, not just the whole vector, is right: its error is a small
     fraction of the gradient's norm and shrinks with the number of dreams (Monte Carlo)."""

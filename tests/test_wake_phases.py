@@ -45,6 +45,37 @@ def test_a_20_30_784_chain_chooses_the_amortised_wake_phase():
     )
 
 
+def test_a_chain_too_wide_to_collapse_is_amortised_with_the_papers_recogniser():
+    """Over 62 binary latent units (MNIST 20-100-784's 120) the default needs no measurement:
+    no wake rows, so amortised from the start, Adam heads, standardised x, calibrated once;
+    each choice says why, and an explicit option wins."""
+    model = HierarchicalModel([Bernoulli(20), Bernoulli(50, 20), Bernoulli(30, 50)])
+    ddc = DDCHelmholtzMachine.from_options(model, n_features=20, sleep_samples=200, hidden=(8,))
+    o = ddc.options
+    assert ddc.wake_phase.name == "amortised" and not ddc.wake_phase.auto
+    assert not o.recogniser.wake_recognition and o.recogniser.recognition_readout == "adam"
+    assert o.recogniser.input_scaling and o.encodings.recalibrate_every == 0
+    assert {"wake_recognition", "recognition_readout", "input_scaling", "recalibrate_every"} <= set(
+        o.reasons
+    )
+    assert "70 latent units" in o.reasons["wake_recognition"]
+    x = model.sample(30, generator=1)[0]
+    assert ddc.step(x)["wake_phase"] == "amortised"
+    mine = DDCHelmholtzMachine.from_options(
+        model, n_features=20, sleep_samples=200, recognition_readout="ridge", recalibrate_every=3
+    ).options
+    assert mine.recogniser.recognition_readout == "ridge" and mine.encodings.recalibrate_every == 3
+    # importance targets asked for by name keep the data rows that make them
+    asked = DDCHelmholtzMachine.from_options(model, wake_encodings="importance").options
+    assert asked.recogniser.wake_recognition and asked.encodings.recalibrate_every == 1
+    assert asked.recogniser.recognition_readout == "ridge" and not asked.recogniser.input_scaling
+    # at 62 units or fewer the measured rule still decides, with the dense defaults
+    narrow = DDCHelmholtzMachine.from_options(
+        HierarchicalModel([Bernoulli(20), Bernoulli(42, 20), Bernoulli(30, 42)])
+    ).options
+    assert narrow.recogniser.wake_recognition and narrow.wake.wake_encodings == "auto"
+
+
 def test_sbn_hard_chooses_the_collapsed_wake_phase_and_records_its_ess():
     truth = make_truth("sbn-hard")
     x = truth.model.sample(100, generator=1)[0]

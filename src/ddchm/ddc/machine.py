@@ -31,7 +31,7 @@ from ddchm.ddc.proposal import RecognitionProposal
 from ddchm.ddc.recalibration import load_machine_state, machine_state, recalibrate
 from ddchm.ddc.recogniser_training import RecogniserTraining
 from ddchm.ddc.recognition import make_recogniser
-from ddchm.ddc.wake import wake_gradient
+from ddchm.ddc.wake import plug_in_points, wake_gradient
 from ddchm.ddc.wake_phase import (
     ImportanceTargets,
     Targets,
@@ -191,7 +191,12 @@ class DDCHelmholtzMachine(Algorithm):
         features = self.encode(sleep[1:]) if features is None else features
         solvers = [None, *self.particles.map_solvers(features, self.map_ridges())]
         r = self.expected_encodings(batch) if encodings is None else encodings
-        return wake_gradient(self.model, sleep, solvers, [None, *r], batch)
+        return wake_gradient(self.model, sleep, solvers, [None, *r], batch, plug_in=self.plug_in(r))
+
+    def plug_in(self, r):
+        """The posterior means and their encodings for the plug-in log-partition terms
+        (``plug_in`` option; wake.py), or None."""
+        return plug_in_points(self.encodings, [None, *r]) if self.options.maps.plug_in else None
 
     # --- the algorithm -----------------------------------------------------------------------
     def step(self, batch: torch.Tensor) -> dict[str, float]:
@@ -252,7 +257,10 @@ class DDCHelmholtzMachine(Algorithm):
                     mine = shard.rows(sleep[0].shape[0], "sleep_samples")
                     dreams, features = [s[mine] for s in sleep], [f[mine] for f in features]
                 solvers = [None, *self.particles.map_solvers(features, ridges, dreams[1:], shard)]
-                ascent = wake_gradient(self.model, dreams, solvers, [None, *r], batch, shard)
+                plug_in = self.plug_in(r)
+                ascent = wake_gradient(
+                    self.model, dreams, solvers, [None, *r], batch, shard, plug_in
+                )
         with self._phase("optimiser"):
             grad_norm = apply_ascent(self.optimizer, self.params, ascent, self.param_names)
         self.steps += 1

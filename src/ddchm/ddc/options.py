@@ -18,6 +18,11 @@ paper states it (docs/decisions/paper-preset.md): an amortised wake phase readin
 recogniser's r, a recogniser trained by Adam on dreams only (eq 7, linear heads), the random
 encodings without pairwise products and one ridge level, calibrated once. Options given
 explicitly override the preset.
+
+On a *wide binary chain* (Bernoulli layers throughout, more latent units than a collapsed
+wake phase can code, a network recogniser, wake_encodings 'auto' or 'amortised') the
+default's model-dependent fields take the paper's recogniser instead: no wake rows (so the
+wake phase is amortised from the start), Adam heads, standardised x, calibrated once.
 """
 
 from __future__ import annotations
@@ -39,14 +44,15 @@ class EncodingOptions:
     log-uniform range); max_products: pairwise products of units as exact features when there
     are at most this many (0: none); whiten: whiten T on prior samples (spec s. 9);
     recalibrate_every: every this many steps, recalibrate the layers whose dreams drifted more
-    than recalibrate_tolerance from the calibration (0: calibrate once)."""
+    than recalibrate_tolerance from the calibration (0: calibrate once; None: 1, or 0 on a
+    wide binary chain, see :func:`resolve`)."""
 
     n_features: int | tuple = 100
     encoding: str = "sigmoid"
     encoding_gain: float | tuple = (0.5, 8.0)
     max_products: int = 300
     whiten: bool = False
-    recalibrate_every: int = 1
+    recalibrate_every: int | None = None
     recalibrate_tolerance: float = 0.1
 
 
@@ -55,10 +61,13 @@ class MapOptions:
     """ridge: lambda / N_sleep of the gradient maps on the random features (spec s. 9);
     exact_ridge: lambda / N_sleep on the exact features and the constant (None: ``ridge``).
     The maps' polynomial targets lie in the exact features' span, so they need little
-    shrinkage, and shrinking them biases the maps (docs/RESULTS.md, the exact_ridge lab log)."""
+    shrinkage, and shrinking them biases the maps (docs/RESULTS.md, the exact_ridge lab log).
+    plug_in: the log-partition terms as Phi(g(m)) at the posterior means m read off r, with
+    the maps correcting only r - T(m) (:func:`ddchm.ddc.wake.wake_terms`)."""
 
     ridge: float = 1e-3
     exact_ridge: float | None = 1e-6
+    plug_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,16 +78,18 @@ class RecogniserOptions:
     equations). hidden: trunk sizes; recognition_lr: its Adam rate, decayed to
     recognition_lr_final over recognition_decay_steps if given. recognition_readout: 'ridge'
     (heads solved in closed form each step on forgotten running normal equations,
-    ``readout_forget``, ``readout_ridge``; 'auto' is 'ridge') or 'adam' (heads trained with the
-    trunk; ``moment_heads`` gives continuous layers consistent second moments). Adam leaves SGD
+    ``readout_forget``, ``readout_ridge``) or 'adam' (heads trained with the trunk;
+    ``moment_heads`` gives continuous layers consistent second moments); 'auto': 'adam' on a
+    wide binary chain, else 'ridge'. Adam leaves SGD
     noise in the heads that the section-7 weights amplify. sleep_targets: 'samples' (eq 7) or
     'snis' (each dream's target averaged over all dreams by importance weights). ema: Polyak
     factor of the recogniser's weights (None: off). input_scaling: standardise x by the dreams
-    (None: for real-valued x and the network).
+    (None: for the network, on real-valued x or a wide binary chain).
 
     wake_recognition: also fit the recogniser on the data batch, towards importance-weighted
-    targets (weight ``wake_weight`` relative to the dreams; None: on for the network); dreams
-    of a model far from the data never show it where the data are. readout_wake_rows: those
+    targets (weight ``wake_weight`` relative to the dreams; None: on for the network, except
+    on a wide binary chain); dreams of a model far from the data never show it where the data
+    are. readout_wake_rows: those
     rows enter the ridge readout's normal equations too. recognition_points: the data rows used
     where the wake phase does not read the targets (the first this many of the batch).
 
@@ -225,13 +236,43 @@ def resolve(model, sleep_samples: int, encodings, maps, recogniser, wake) -> Res
     if rec.sleep_targets not in ("samples", "snis"):
         raise ValueError(f"sleep_targets: expected 'samples' or 'snis', got {rec.sleep_targets!r}")
     network = rec.recognition == "network"
-    wake_recognition = network if rec.wake_recognition is None else rec.wake_recognition
+    units = sum(layer.dim for layer in model.layers[1:])
+    binary = all(layer.discrete for layer in model.layers[1:])
+    # A binary chain too wide to collapse: importance weights from prior draws degenerate there
+    # (docs/wake-phase.md), so the wake phase is amortised, and the recogniser is the paper's
+    # (dreams only, Adam heads) on standardised x, calibrated once: the set that learned MNIST
+    # 20-100-784 best (docs/RESULTS.md, issue 24).
+    wide = (
+        network
+        and binary
+        and model.observation.discrete
+        and units > STATE_CODE_BITS
+        and wk.wake_encodings in ("auto", "amortised")
+    )
+    wake_recognition = rec.wake_recognition
+    if wake_recognition is None:
+        wake_recognition = network and not wide
+        if wide:
+            reasons["wake_recognition"] = (
+                f"off: a binary chain of {units} latent units (> {STATE_CODE_BITS}), where "
+                "importance targets degenerate"
+            )
     if wake_recognition and not network:
         raise ValueError("wake_recognition: needs recognition = 'network'")
     scalable = network
     input_scaling = rec.input_scaling
     if input_scaling is None:
-        input_scaling = scalable and not model.observation.discrete
+        input_scaling = scalable and (wide or not model.observation.discrete)
+        if wide:
+            reasons["input_scaling"] = "on: a wide binary chain"
+    recalibrate = encodings.recalibrate_every
+    if recalibrate is None:
+        recalibrate = 0 if wide else 1
+        if wide:
+            reasons["recalibrate_every"] = (
+                "0: a wide binary chain (recalibrating moves the input scaling under the trunk)"
+            )
+    encodings = replace(encodings, recalibrate_every=recalibrate)
     if input_scaling and not scalable:
         raise ValueError("input_scaling: needs recognition = 'network'")
     continuous = any(not layer.discrete for layer in model.layers)
@@ -241,8 +282,6 @@ def resolve(model, sleep_samples: int, encodings, maps, recogniser, wake) -> Res
         reasons["wake_particles"] = f"{particles}: " + (
             "a continuous layer" if particles else "binary layers only"
         )
-    units = sum(layer.dim for layer in model.layers[1:])
-    binary = all(layer.discrete for layer in model.layers[1:])
     collapsible = binary and units <= STATE_CODE_BITS and not particles
     phase = wk.wake_encodings
     if phase != "amortised" and not wake_recognition:
@@ -267,7 +306,11 @@ def resolve(model, sleep_samples: int, encodings, maps, recogniser, wake) -> Res
         raise ValueError(
             f"wake_dreams: expected at least sleep_samples ({sleep_samples}), got {dreams}"
         )
-    readout = "ridge" if rec.recognition_readout == "auto" else rec.recognition_readout
+    readout = rec.recognition_readout
+    if readout == "auto":
+        readout = "adam" if wide else "ridge"
+        if wide:
+            reasons["recognition_readout"] = "adam: a wide binary chain"
     rec = replace(
         rec,
         recognition_readout=readout,

@@ -104,6 +104,7 @@ def wake_terms(
     encodings_of_batch: list[torch.Tensor | None],
     x: torch.Tensor,
     shard=LOCAL,
+    plug_in=None,
 ) -> dict[str, torch.Tensor]:
     """The four parts of the wake objective (eqs 9-11), each a scalar of theta:
 
@@ -118,6 +119,11 @@ def wake_terms(
         solvers: [None, RidgeSolver(T_1(z_1^s)), ..., RidgeSolver(T_L(z_L^s))].
         encodings_of_batch: [None, r_1(x), ..., r_L(x)], each (N_w, K_l + 1), no gradient.
         x: the data batch, (N_w, D_0).
+        plug_in: None, or [None, (m_1, T_1(m_1)), ..., (m_L, T_L(m_L))] (:func:`plug_in_points`):
+            posterior means read off r and their encodings, no gradient. The log-partition
+            terms are then a plug-in corrected by their maps, E[Phi(g(z))] ~= Phi(g(m)) +
+            M^T (r - T(m)): exact where the posterior is a point mass, and the maps carry only
+            the posterior's spread about m (a control variate for the maps' residual).
         shard: with several processes (``ddchm.distributed``), x and the sleep samples are this
             process's rows, the solvers' Grams are the whole dreams', the batch means are
             summed over processes, and the terms are this process's part of the sums over
@@ -135,6 +141,17 @@ def wake_terms(
     weights = [None] + [
         solvers[l].sample_weights(batch_mean(encodings_of_batch[l])) for l in range(1, L + 1)
     ]
+    # the log-partition terms' weights: of r - T(m) with a plug-in, else the same as above
+    partition_weights = weights
+    if plug_in is not None:
+        partition_weights = [None] + [
+            solvers[l].sample_weights(batch_mean(encodings_of_batch[l] - plug_in[l][1]))
+            for l in range(1, L + 1)
+        ]
+
+    def plug_in_partition(layer, parents):  # this process's part of mean_n Phi(g(m_n))
+        return layer.log_partition(layer.natural_params(parents)).sum() / n_batch
+
     terms = {}
 
     # Observation layer: E_q[J_0]^T S_0(x) via G = F_1 (F^T F + lambda I)^{-1} R_1^T S_0(X) / N_w
@@ -142,7 +159,9 @@ def wake_terms(
     data_stats = observation.sufficient_stats(x)
     rhs = shard.total(encodings_of_batch[1].T @ data_stats) / n_batch
     eta = observation.natural_params(sleep[1])
-    partition = (weights[1] * observation.log_partition(eta)).sum()
+    partition = (partition_weights[1] * observation.log_partition(eta)).sum()
+    if plug_in is not None:
+        partition = partition + plug_in_partition(observation, plug_in[1][0])
     if isinstance(observation, Bernoulli):  # eta = W z_1 + b: sum_s G_s^T eta_s via the maps
         stats_term = solvers[1].affine_sum(rhs, sleep[1], observation.weight, observation.bias)
     else:
@@ -155,9 +174,10 @@ def wake_terms(
         eta = layers[l].natural_params(sleep[l + 1])
         stats = layers[l].sufficient_stats(sleep[l])
         terms["latent_stats"] = terms["latent_stats"] + (weights[l] * (eta * stats).sum(1)).sum()
-        terms["latent_partition"] = (
-            terms["latent_partition"] - (weights[l + 1] * layers[l].log_partition(eta)).sum()
-        )
+        partition = (partition_weights[l + 1] * layers[l].log_partition(eta)).sum()
+        if plug_in is not None:
+            partition = partition + plug_in_partition(layers[l], plug_in[l + 1][0])
+        terms["latent_partition"] = terms["latent_partition"] - partition
 
     # Prior: E_q[S_L]^T theta_L - Phi_L(theta_L)
     eta = layers[L].natural_params(None)
@@ -168,18 +188,37 @@ def wake_terms(
     return terms
 
 
-def wake_objective(model, sleep, solvers, encodings_of_batch, x, shard=LOCAL) -> torch.Tensor:
+def plug_in_points(encodings, encodings_of_batch) -> list:
+    """[None, (m_l, T_l(m_l)) for each latent layer]: the posterior mean m_l = E[z_l | x] read
+    off r_l's exact block (binary units clipped to [0, 1]) and its encoding, for the
+    ``plug_in`` of :func:`wake_terms`."""
+    points = [None]
+    for encoding, r in zip(encodings, encodings_of_batch[1:]):
+        with torch.no_grad():
+            u = encoding.expected_exact_features(r)[:, : encoding.dim]
+            if encoding.continuous:
+                mean = u * encoding.unit_scale.to(u.dtype) + encoding.unit_centre.to(u.dtype)
+            else:
+                mean = u.clamp(0.0, 1.0)
+            points.append((mean, encoding(mean).to(r.dtype)))
+    return points
+
+
+def wake_objective(
+    model, sleep, solvers, encodings_of_batch, x, shard=LOCAL, plug_in=None
+) -> torch.Tensor:
     """Scalar whose theta-gradient is the DDC estimate of mean_n grad_theta log p(x_n): the sum
     of :func:`wake_terms` (with ``shard``: this process's part of it)."""
-    return sum(wake_terms(model, sleep, solvers, encodings_of_batch, x, shard).values())
+    terms = wake_terms(model, sleep, solvers, encodings_of_batch, x, shard, plug_in)
+    return sum(terms.values())
 
 
 def wake_gradient(
-    model, sleep, solvers, encodings_of_batch, x, shard=LOCAL
+    model, sleep, solvers, encodings_of_batch, x, shard=LOCAL, plug_in=None
 ) -> dict[str, torch.Tensor]:
     """The DDC gradient estimate as a dict keyed like ``model.named_parameters()`` (with
     ``shard``: summed over processes, so every process gets the whole estimate)."""
-    objective = wake_objective(model, sleep, solvers, encodings_of_batch, x, shard)
+    objective = wake_objective(model, sleep, solvers, encodings_of_batch, x, shard, plug_in)
     return shard.reduce_gradients(model.gradients(objective), mean=False)
 
 

@@ -43,6 +43,7 @@ VARIANTS = {
     "no-products": {"name": "ddc", "max_products": 0},
     "ws": {"name": "ws"},
     "plug-in": {"name": "ddc", "plug_in": True},
+    "no-products+plug-in": {"name": "ddc", "max_products": 0, "plug_in": True},
     # the default on wide binary chains before issue 24 made them amortised from the start
     "dense-default": {
         "name": "ddc",

@@ -55,6 +55,7 @@ def test_a_chain_too_wide_to_collapse_is_amortised_with_the_papers_recogniser():
     assert ddc.wake_phase.name == "amortised" and not ddc.wake_phase.auto
     assert not o.recogniser.wake_recognition and o.recogniser.recognition_readout == "adam"
     assert o.recogniser.input_scaling and o.encodings.recalibrate_every == 0
+    assert o.encodings.max_products == 0 and not any(e.use_products for e in ddc.encodings)
     assert {"wake_recognition", "recognition_readout", "input_scaling", "recalibrate_every"} <= set(
         o.reasons
     )
@@ -74,6 +75,9 @@ def test_a_chain_too_wide_to_collapse_is_amortised_with_the_papers_recogniser():
         HierarchicalModel([Bernoulli(20), Bernoulli(42, 20), Bernoulli(30, 42)])
     ).options
     assert narrow.recogniser.wake_recognition and narrow.wake.wake_encodings == "auto"
+    assert narrow.encodings.max_products == 300
+    with pytest.raises(TypeError, match="max_products"):
+        DDCHelmholtzMachine.from_options(model, max_products=2.5)
 
 
 def test_sbn_hard_chooses_the_collapsed_wake_phase_and_records_its_ess():

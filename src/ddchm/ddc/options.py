@@ -22,7 +22,8 @@ explicitly override the preset.
 On a *wide binary chain* (Bernoulli layers throughout, more latent units than a collapsed
 wake phase can code, a network recogniser, wake_encodings 'auto' or 'amortised') the
 default's model-dependent fields take the paper's recogniser instead: no wake rows (so the
-wake phase is amortised from the start), Adam heads, standardised x, calibrated once.
+wake phase is amortised from the start), Adam heads, standardised x, calibrated once, and
+random features without pairwise products.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ class EncodingOptions:
     are at most this many (0: none); whiten: whiten T on prior samples (spec s. 9);
     recalibrate_every: every this many steps, recalibrate the layers whose dreams drifted more
     than recalibrate_tolerance from the calibration (0: calibrate once; None: 1, or 0 on a
-    wide binary chain, see :func:`resolve`)."""
+    wide binary chain, see :func:`resolve`). max_products None: 300, or 0 on a wide binary
+    chain."""
 
     n_features: int | tuple = 100
     encoding: str = "sigmoid"
     encoding_gain: float | tuple = (0.5, 8.0)
-    max_products: int = 300
+    max_products: int | None = None
     whiten: bool = False
     recalibrate_every: int | None = None
     recalibrate_tolerance: float = 0.1
@@ -272,7 +274,12 @@ def resolve(model, sleep_samples: int, encodings, maps, recogniser, wake) -> Res
             reasons["recalibrate_every"] = (
                 "0: a wide binary chain (recalibrating moves the input scaling under the trunk)"
             )
-    encodings = replace(encodings, recalibrate_every=recalibrate)
+    products = encodings.max_products
+    if products is None:
+        products = 0 if wide else 300
+        if wide:
+            reasons["max_products"] = "0: a wide binary chain (random features only, as the paper)"
+    encodings = replace(encodings, recalibrate_every=recalibrate, max_products=products)
     if input_scaling and not scalable:
         raise ValueError("input_scaling: needs recognition = 'network'")
     continuous = any(not layer.discrete for layer in model.layers)
@@ -349,6 +356,7 @@ def check_ranges(sleep_samples: int, maps, enc, rec, wk) -> None:
             f"recalibrate_tolerance: expected a number > 0, got {enc.recalibrate_tolerance}"
         )
     check_positive_int(enc.recalibrate_every, "recalibrate_every", minimum=0)
+    check_positive_int(enc.max_products, "max_products", minimum=0)
     for name in (
         "recognition_steps",
         "recognition_points",

@@ -42,8 +42,8 @@ VARIANTS = {
     "no-input-scaling": {"name": "ddc", "input_scaling": False},
     "no-products": {"name": "ddc", "max_products": 0},
     "ws": {"name": "ws"},
-    "plug-in": {"name": "ddc", "plug_in": True},
-    "no-products+plug-in": {"name": "ddc", "max_products": 0, "plug_in": True},
+    "plug-in": {"name": "ddc", "plug_in": "mean"},
+    "plug-in-sample": {"name": "ddc", "plug_in": "sample"},
     # the default on wide binary chains before issue 24 made them amortised from the start
     "dense-default": {
         "name": "ddc",
@@ -64,7 +64,7 @@ VARIANTS.update(
         "paper+exact-ridge": {**PAPER, "exact_ridge": 1e-6},
         "paper+recalibration": {**PAPER, "recalibrate_every": 1},
         "paper+input-scaling": {**PAPER, "input_scaling": True},
-        "paper+input-scaling+plug-in": {**PAPER, "input_scaling": True, "plug_in": True},
+        "paper+input-scaling+plug-in": {**PAPER, "input_scaling": True, "plug_in": "mean"},
         "paper+input-scaling+recalibration": {
             **PAPER,
             "input_scaling": True,

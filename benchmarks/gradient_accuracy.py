@@ -189,12 +189,19 @@ def wide_cosines(key, names, args):
     out["learned"] = compare_gradients(
         wake_gradient(ddc.model, dreams, solvers, learned_r, x), target
     )
-    # the log-partition maps as corrections of a plug-in at the posterior means (wake.py)
-    for name, r in (("oracle_plug_in", oracle_r), ("learned_plug_in", learned_r)):
+    # the log-partition maps as corrections of a plug-in at the posterior means, or at draws
+    # from Bernoulli(means) (the expected update over 20 draws) (wake.py)
+    for name, r in (("oracle", oracle_r), ("learned", learned_r)):
         points = plug_in_points(ddc.encodings, r)
-        out[name] = compare_gradients(
+        out[f"{name}_plug_in"] = compare_gradients(
             wake_gradient(ddc.model, dreams, solvers, r, x, plug_in=points), target
         )
+        draws, total = torch.Generator().manual_seed(12), None
+        for _ in range(20):
+            points = plug_in_points(ddc.encodings, r, generator=draws)
+            update = wake_gradient(ddc.model, dreams, solvers, r, x, plug_in=points)
+            total = update if total is None else {k: total[k] + v for k, v in update.items()}
+        out[f"{name}_plug_in_sample"] = compare_gradients(total, target)
     out["recogniser_r2_on_reference"] = [
         float(1 - (r - t).pow(2).sum() / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12))
         for r, t in zip(learned_r[1:], oracle_r[1:])
@@ -289,6 +296,15 @@ def main():
             result["oracle_cosine"][key] = round(wide_result["oracle"]["cosine"], 4)
             result["oracle_rel_error"][key] = round(wide_result["oracle"]["rel_error"], 4)
             result["learned_cosine"][key] = round(wide_result["learned"]["cosine"], 4)
+            result.setdefault("plug_in_cosine", {})[key] = {
+                name: round(wide_result[name]["cosine"], 4)
+                for name in (
+                    "oracle_plug_in",
+                    "learned_plug_in",
+                    "oracle_plug_in_sample",
+                    "learned_plug_in_sample",
+                )
+            }
             result["learned_rel_error"][key] = round(wide_result["learned"]["rel_error"], 4)
             result["update_cosine"][key] = {
                 "ddc": round(wide_result["learned"]["cosine"], 4),

@@ -191,12 +191,17 @@ class DDCHelmholtzMachine(Algorithm):
         features = self.encode(sleep[1:]) if features is None else features
         solvers = [None, *self.particles.map_solvers(features, self.map_ridges())]
         r = self.expected_encodings(batch) if encodings is None else encodings
-        return wake_gradient(self.model, sleep, solvers, [None, *r], batch, plug_in=self.plug_in(r))
+        draws = make_generator(self.diagnostic_seed + 5 + self.steps, self.device)
+        plug_in = self.plug_in(r, draws)
+        return wake_gradient(self.model, sleep, solvers, [None, *r], batch, plug_in=plug_in)
 
-    def plug_in(self, r):
-        """The posterior means and their encodings for the plug-in log-partition terms
-        (``plug_in`` option; wake.py), or None."""
-        return plug_in_points(self.encodings, [None, *r]) if self.options.maps.plug_in else None
+    def plug_in(self, r, generator):
+        """The points and their encodings of the plug-in log-partition terms (``plug_in``;
+        wake.py), or None where it is 'off'."""
+        mode = self.options.maps.plug_in
+        if mode == "off":
+            return None
+        return plug_in_points(self.encodings, [None, *r], generator if mode == "sample" else None)
 
     # --- the algorithm -----------------------------------------------------------------------
     def step(self, batch: torch.Tensor) -> dict[str, float]:
@@ -257,7 +262,7 @@ class DDCHelmholtzMachine(Algorithm):
                     mine = shard.rows(sleep[0].shape[0], "sleep_samples")
                     dreams, features = [s[mine] for s in sleep], [f[mine] for f in features]
                 solvers = [None, *self.particles.map_solvers(features, ridges, dreams[1:], shard)]
-                plug_in = self.plug_in(r)
+                plug_in = self.plug_in(r, self.generator)
                 ascent = wake_gradient(
                     self.model, dreams, solvers, [None, *r], batch, shard, plug_in
                 )

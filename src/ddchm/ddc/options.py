@@ -35,6 +35,7 @@ from ddchm.validation import check_positive_int
 
 WAKE_ENCODINGS = ("auto", "amortised", "importance", "collapsed")
 WAKE_GRADIENTS = ("maps", "particles")
+PLUG_IN = ("off", "mean", "sample")
 STATE_CODE_BITS = 62  # a binary chain's joint state is one int64 code (ddc/proposal.py)
 
 
@@ -64,12 +65,13 @@ class MapOptions:
     exact_ridge: lambda / N_sleep on the exact features and the constant (None: ``ridge``).
     The maps' polynomial targets lie in the exact features' span, so they need little
     shrinkage, and shrinking them biases the maps (docs/RESULTS.md, the exact_ridge lab log).
-    plug_in: the log-partition terms as Phi(g(m)) at the posterior means m read off r, with
-    the maps correcting only r - T(m) (:func:`ddchm.ddc.wake.wake_terms`)."""
+    plug_in: 'off'; 'mean': the log-partition terms as Phi(g(m)) at the posterior means m
+    read off r, with the maps correcting only r - T(m) (:func:`ddchm.ddc.wake.wake_terms`);
+    'sample': the same at one draw z ~ Bernoulli(m) a point on binary layers."""
 
     ridge: float = 1e-3
     exact_ridge: float | None = 1e-6
-    plug_in: bool = False
+    plug_in: str = "off"
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,8 @@ def resolve(model, sleep_samples: int, encodings, maps, recogniser, wake) -> Res
         raise ValueError(
             f"wake_gradient: expected one of {list(WAKE_GRADIENTS)}, got {wk.wake_gradient!r}"
         )
+    if maps.plug_in not in PLUG_IN:
+        raise ValueError(f"plug_in: expected one of {list(PLUG_IN)}, got {maps.plug_in!r}")
     if rec.sleep_targets not in ("samples", "snis"):
         raise ValueError(f"sleep_targets: expected 'samples' or 'snis', got {rec.sleep_targets!r}")
     network = rec.recognition == "network"

@@ -188,19 +188,25 @@ def wake_terms(
     return terms
 
 
-def plug_in_points(encodings, encodings_of_batch) -> list:
-    """[None, (m_l, T_l(m_l)) for each latent layer]: the posterior mean m_l = E[z_l | x] read
-    off r_l's exact block (binary units clipped to [0, 1]) and its encoding, for the
-    ``plug_in`` of :func:`wake_terms`."""
+def plug_in_points(encodings, encodings_of_batch, generator=None) -> list:
+    """[None, (m_l, T_l(m_l)) for each latent layer], for the ``plug_in`` of :func:`wake_terms`:
+    m_l the posterior mean E[z_l | x] read off r_l's exact block (binary units clipped to
+    [0, 1]), and its encoding. With ``generator``, a binary layer's point is instead one draw
+    z_l ~ Bernoulli(m_l) a data point (a state of the layer, not a fraction)."""
     points = [None]
     for encoding, r in zip(encodings, encodings_of_batch[1:]):
         with torch.no_grad():
             u = encoding.expected_exact_features(r)[:, : encoding.dim]
             if encoding.continuous:
-                mean = u * encoding.unit_scale.to(u.dtype) + encoding.unit_centre.to(u.dtype)
+                point = u * encoding.unit_scale.to(u.dtype) + encoding.unit_centre.to(u.dtype)
             else:
-                mean = u.clamp(0.0, 1.0)
-            points.append((mean, encoding(mean).to(r.dtype)))
+                point = u.clamp(0.0, 1.0)
+                if generator is not None:
+                    uniform = torch.rand(
+                        point.shape, generator=generator, device=point.device, dtype=point.dtype
+                    )
+                    point = (uniform < point).to(point.dtype)
+            points.append((point, encoding(point).to(r.dtype)))
     return points
 
 

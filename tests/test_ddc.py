@@ -111,6 +111,13 @@ def test_plug_in_partition_terms_are_exact_for_a_point_mass_posterior():
     assert obs_error < 1e-4 and partition_error < 1e-4
     plain_obs, plain_partition = error(None)
     assert plain_obs > 1e-2 and plain_partition > 3e-4  # the residual the plug-in removes
+    # 'sample': a binary state per point, drawn with r's means
+    encoding = ddc.encodings[0]
+    means = torch.full((20_000, encoding.dim), 0.3, dtype=torch.float64)
+    r_half = [None, torch.cat([means, torch.zeros(20_000, encoding.size - encoding.dim)], 1)]
+    drawn, features = plug_in_points([encoding], r_half, torch.Generator().manual_seed(0))[1]
+    assert set(drawn.unique().tolist()) == {0.0, 1.0}
+    assert abs(drawn.mean().item() - 0.3) < 0.005 and torch.equal(features, encoding(drawn))
 
 
 def test_oracle_gradient_is_per_parameter_accurate():

@@ -333,6 +333,9 @@ def test_drift_from_the_samples_moments_equals_the_projections(family):
     assert encoding.drift(calibration) < 1e-9
 
 
+WIDE_WITH_DATA_ROWS = {"wake_encodings": "amortised", "wake_recognition": True}
+
+
 def test_a_wide_chains_recogniser_trains_on_the_first_recognition_points_of_the_batch():
     """Where the wake phase reads the recogniser (a wide chain) its data rows are the first
     ``recognition_points`` of the batch; where it reads the importance targets (a small chain)
@@ -345,7 +348,8 @@ def test_a_wide_chains_recogniser_trains_on_the_first_recognition_points_of_the_
                 copy.deepcopy(model), n_features=20, sleep_samples=200, generator=4, **kwargs
             )
             for kwargs in ({"recognition_points": 10}, {"recognition_points": 50}, {})
-            for kwargs in [{**kwargs, **({"wake_encodings": "amortised"} if subsampled else {})}]
+            # data rows asked for: by default a wide chain's recogniser trains on dreams only
+            for kwargs in [{**kwargs, **(WIDE_WITH_DATA_ROWS if subsampled else {})}]
         ]
         assert machines[0].wake_phase.reads_targets != subsampled
         sleep = model.sample(200, generator=5)  # no machine's generator moves

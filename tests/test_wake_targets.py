@@ -242,7 +242,13 @@ def test_defaults_follow_the_chain():
     )
     wide = HierarchicalModel([Bernoulli(30), Bernoulli(40, 30), Bernoulli(20, 40)])
     ddc = DDCHelmholtzMachine.from_options(wide, sleep_samples=500, generator=0)
-    # 70 latent units: no codes; plain draws until the first step measures their ESS
+    # 70 latent units: no codes, and amortised from the start (no data rows, no targets)
+    assert ddc.particles.state_bits is None and ddc.options.wake.wake_dreams == 500
+    assert ddc.wake_phase.name == "amortised" and not ddc.wake_phase.auto
+    # asked for, its importance phase has plain draws until the first step measures their ESS
+    ddc = DDCHelmholtzMachine.from_options(
+        wide, sleep_samples=500, generator=0, wake_recognition=True
+    )
     assert ddc.particles.state_bits is None and ddc.options.wake.wake_dreams == 500
     assert ddc.wake_phase.name == "importance" and ddc.wake_phase.auto
     with pytest.raises(ValueError, match="wake_dreams"):

@@ -191,7 +191,9 @@ class DDCHelmholtzMachine(Algorithm):
         features = self.encode(sleep[1:]) if features is None else features
         solvers = [None, *self.particles.map_solvers(features, self.map_ridges())]
         r = self.expected_encodings(batch) if encodings is None else encodings
-        draws = make_generator(self.diagnostic_seed + 5 + self.steps, self.device)
+        draws = None  # a generator of its own, as for the dreams above, where one is drawn
+        if self.options.maps.plug_in == "sample":
+            draws = make_generator(self.diagnostic_seed + 5 + self.steps, self.device)
         plug_in = self.plug_in(r, draws)
         return wake_gradient(self.model, sleep, solvers, [None, *r], batch, plug_in=plug_in)
 

@@ -255,34 +255,47 @@ def resolve(model, sleep_samples: int, encodings, maps, recogniser, wake) -> Res
         and units > STATE_CODE_BITS
         and wk.wake_encodings in ("auto", "amortised")
     )
-    wake_recognition = rec.wake_recognition
-    if wake_recognition is None:
-        wake_recognition = network and not wide
+
+    def model_default(name, value, otherwise, on_wide, why):  # a None field's default
+        if value is not None:
+            return value
         if wide:
-            reasons["wake_recognition"] = (
-                f"off: a binary chain of {units} latent units (> {STATE_CODE_BITS}), where "
-                "importance targets degenerate"
-            )
+            reasons[name] = why
+            return on_wide
+        return otherwise
+
+    wake_recognition = model_default(
+        "wake_recognition",
+        rec.wake_recognition,
+        network,
+        False,
+        f"off: a binary chain of {units} latent units (> {STATE_CODE_BITS}), where importance "
+        "targets degenerate",
+    )
     if wake_recognition and not network:
         raise ValueError("wake_recognition: needs recognition = 'network'")
     scalable = network
-    input_scaling = rec.input_scaling
-    if input_scaling is None:
-        input_scaling = scalable and (wide or not model.observation.discrete)
-        if wide:
-            reasons["input_scaling"] = "on: a wide binary chain"
-    recalibrate = encodings.recalibrate_every
-    if recalibrate is None:
-        recalibrate = 0 if wide else 1
-        if wide:
-            reasons["recalibrate_every"] = (
-                "0: a wide binary chain (recalibrating moves the input scaling under the trunk)"
-            )
-    products = encodings.max_products
-    if products is None:
-        products = 0 if wide else 300
-        if wide:
-            reasons["max_products"] = "0: a wide binary chain (random features only, as the paper)"
+    input_scaling = model_default(
+        "input_scaling",
+        rec.input_scaling,
+        scalable and not model.observation.discrete,
+        True,
+        "on: a wide binary chain",
+    )
+    recalibrate = model_default(
+        "recalibrate_every",
+        encodings.recalibrate_every,
+        1,
+        0,
+        "0: a wide binary chain (recalibrating moves the input scaling under the trunk)",
+    )
+    products = model_default(
+        "max_products",
+        encodings.max_products,
+        300,
+        0,
+        "0: a wide binary chain (random features only, as the paper)",
+    )
     encodings = replace(encodings, recalibrate_every=recalibrate, max_products=products)
     if input_scaling and not scalable:
         raise ValueError("input_scaling: needs recognition = 'network'")
@@ -318,10 +331,10 @@ def resolve(model, sleep_samples: int, encodings, maps, recogniser, wake) -> Res
             f"wake_dreams: expected at least sleep_samples ({sleep_samples}), got {dreams}"
         )
     readout = rec.recognition_readout
-    if readout == "auto":
-        readout = "adam" if wide else "ridge"
-        if wide:
-            reasons["recognition_readout"] = "adam: a wide binary chain"
+    if readout == "auto":  # 'auto' is this field's None
+        readout = model_default(
+            "recognition_readout", None, "ridge", "adam", "adam: a wide binary chain"
+        )
     rec = replace(
         rec,
         recognition_readout=readout,

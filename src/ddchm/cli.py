@@ -65,6 +65,9 @@ def cmd_train(args) -> int:
     if result["rank"]:  # torchrun: rank 0 reports (ddchm.distributed)
         return 0
     print(_summary(result))
+    reasons = getattr(getattr(result["algorithm"], "options", None), "reasons", {})
+    for name, why in reasons.items():  # DDC-HM's model-dependent defaults (ddc/options.py)
+        print(f"DDC-HM {name}: {why}")
     figures = _train_figures(result, Path(out))
     if not args.no_quality:
         print(_quality_summary(result, config))

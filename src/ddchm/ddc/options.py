@@ -64,7 +64,7 @@ class MapOptions:
     """ridge: lambda / N_sleep of the gradient maps on the random features (spec s. 9);
     exact_ridge: lambda / N_sleep on the exact features and the constant (None: ``ridge``).
     The maps' polynomial targets lie in the exact features' span, so they need little
-    shrinkage, and shrinking them biases the maps (docs/RESULTS.md, the exact_ridge lab log).
+    shrinkage, and shrinking them biases the maps (docs/lab/2026-11-26.md, exact_ridge).
     plug_in: 'off'; 'mean': the log-partition terms as Phi(g(m)) at the posterior means m
     read off r, with the maps correcting only r - T(m) (:func:`ddchm.ddc.wake.wake_terms`);
     'sample': the same at one draw z ~ Bernoulli(m) a point on binary layers."""

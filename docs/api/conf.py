@@ -23,6 +23,4 @@ napoleon_numpy_docstring = False
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"  # signatures stay short; types go beside the arguments
-autodoc_mock_imports = []
 html_theme = "alabaster"
-exclude_patterns = []

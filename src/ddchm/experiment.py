@@ -1,7 +1,7 @@
 """Experiments from a config: data, model, algorithm, training and evaluation, all by name.
 
 A config is a TOML file (or dict) with the sections below. Unknown sections or keys are errors
-that name the key, because a misspelt hyper-parameter that is silently ignored wastes a run.
+that name the key, because a misspelt hyper-parameter that is silently ignored wastes a run::
 
     [data]       source = "synthetic" | "array" | "mnist" | "patches", and its options
     [model]      layers (top first) or architecture = "truth"; init_scale; seed; dtype

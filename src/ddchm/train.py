@@ -1,7 +1,7 @@
 """The training loop: minibatches, metrics, checkpoints, resumption, progress.
 
 It knows nothing of wake, sleep or particles: it calls ``algorithm.step(batch)`` and records the
-named metrics it returns. A run directory holds
+named metrics it returns. A run directory holds::
 
     checkpoint.pt   model, algorithm state, data-order generator, step, elapsed time, config
                     (tensors, numbers and strings only: read with weights_only=True; written

@@ -199,7 +199,7 @@ class LayerEncoding(nn.Module):
     @torch.no_grad()
     def drift(self, samples: torch.Tensor) -> float:
         """How far ``samples`` have moved from the calibration: the median over random features
-        of |log(sd ratio)| + |mean shift| / sd of their projections (and over continuous units
+        of ``|log(sd ratio)| + |mean shift| / sd`` of their projections (and over continuous units
         the same for z). 0 when nothing moved; recalibrate when it is large."""
         samples = samples.to(self.direction.dtype)
         parts = []

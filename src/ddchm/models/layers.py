@@ -221,7 +221,7 @@ class Gaussian(_LinearLink):
 
 
 class Laplace(ExponentialFamilyLayer):
-    """Zero-mean Laplace with scale softplus(B z + c) (hierarchical sparse coding). S(z) = |z|.
+    """Zero-mean Laplace with scale softplus(B z + c) (hierarchical sparse coding). ``S(z) = |z|``.
 
     Natural parameter -1 / scale; log-partition log(2 scale); h = 1. A prior has scale softplus(c).
     """

@@ -217,7 +217,8 @@ def _low_ess_warning(out: dict, prefix: str, what: str, min_ess: float) -> str |
         f"{what}: median effective sample size {out[f'{prefix}_ess_median']:.1f} of "
         f"{int(out['n_particles'])} particles is below {min_ess:g} "
         f"({100 * out[f'{prefix}_low_ess']:.0f}% of points below it); the estimate is a loose "
-        "lower bound and its standard error unreliable: use more particles or AIS (--ais)"
+        "lower bound and its standard error unreliable: use more particles or AIS "
+        "(`ddchm evaluate --ais`)"
     )
 
 

@@ -281,6 +281,7 @@ def _summary(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    from ddchm.evaluate.quality import EVALUATE_WORK, is_enumerable, sized_particles
     from ddchm.experiment import load_run
 
     run = load_run(args.run_dir)
@@ -298,22 +299,22 @@ def cmd_evaluate(args) -> int:
             else {}
         ),
     }
-    from ddchm.evaluate.quality import is_enumerable
-
     points = args.points or run.config["evaluate"]["points"]
     n_test = len(run.data["test"])
     n = min(points, n_test)
     exact = is_enumerable(run.model)
     importance = True if args.importance_sampling else None
+    m = min(n, args.is_points or n)
+    particles = args.particles or sized_particles(run.model, m, EVALUATE_WORK)
     doing = [f"exact log p(x) on {n} of {n_test} held-out points"] if exact else []
     if importance or not exact:
-        m = min(n, args.is_points or n)
-        k = "particles sized to the model" if args.particles is None else f"{args.particles}"
-        doing.append(f"importance sampling on {m} of them ({k} per point)")
+        doing.append(
+            f"importance sampling on {m} of the {n} held-out points ({particles} particles)"
+        )
     if args.ais:
         doing.append(
-            f"AIS on {min(n, args.ais_points)} of them with {args.ais_chains} chains x "
-            f"{args.ais_steps} temperatures"
+            f"AIS on the first {min(n, args.ais_points)} of the {n} held-out points, "
+            f"{args.ais_chains} chains x {args.ais_steps} temperatures"
         )
     print(
         f"ddchm evaluate: {run.model.describe()}: {'; '.join(doing)}; MMD^2",
@@ -325,7 +326,7 @@ def cmd_evaluate(args) -> int:
         run.algorithm,
         run.config,
         n_points=points,
-        n_particles=args.particles,
+        n_particles=particles,
         importance=importance,
         is_points=args.is_points,
         proposal_steps=args.proposal_steps,

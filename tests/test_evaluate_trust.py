@@ -283,3 +283,5 @@ def test_reproduce_names_ais_as_the_estimator_where_latents_are_continuous(tmp_p
         assert record["log_likelihood_estimator"] == "ais"
         assert record["log_likelihood"] == record["ais_ll"]
         assert len(record["curve"]) >= 2 and all("mmd2" in p for p in record["curve"])
+        # the curve's MMD points are the table's: its last point is the row's figure
+        assert record["curve"][-1]["mmd2"] == pytest.approx(record["mmd2"], rel=1e-6)

@@ -66,6 +66,7 @@ def test_fitted_proposal_estimate_matches_exact_likelihood_and_truth_sits_at_the
         data["train"],
         n_points=200,
         n_particles=100,
+        importance=True,  # beside the exact value: IS is measured against it
         proposal_steps=300,
         n_permutations=100,
         mmd_samples=400,
@@ -181,6 +182,7 @@ def test_ddc_runs_are_also_measured_through_their_own_recogniser():
         data["test"],
         n_points=200,
         n_particles=200,
+        importance=True,  # beside the exact value: the own q is measured against it
         proposal_steps=0,
         mmd_samples=100,
         n_permutations=1,

@@ -70,7 +70,7 @@ def cmd_train(args) -> int:
         print(f"DDC-HM {name}: {why}")
     figures = _train_figures(result, Path(out))
     if not args.no_quality:
-        print(_quality_summary(result, config))
+        print(_quality_summary(result, config, args.full_evaluation, not args.no_progress))
     print(f"figures: {', '.join(str(f) for f in figures)}")
     return 0
 
@@ -121,16 +121,24 @@ def _run_directory(text: str | None) -> Path | None:
 def heldout_quality(model, data: dict, algorithm, config: dict, **protocol) -> dict:
     """The run's held-out figures on its protocol (``evaluate.points`` test points, seed 0),
     with ``ddchm evaluate``'s defaults for whatever ``protocol`` does not set: what `train`'s
-    summary and `evaluate` report, so they agree."""
-    from ddchm.evaluate.quality import model_quality
+    summary and `evaluate` report, so they agree. ``n_particles`` None: sized to the model
+    (:func:`~ddchm.evaluate.quality.sized_particles`, ``EVALUATE_WORK``)."""
+    from ddchm.evaluate.quality import EVALUATE_WORK, model_quality, sized_particles
 
     settings = {**EVALUATE_DEFAULTS, "n_points": config["evaluate"]["points"], **protocol}
+    if settings["n_particles"] is None:
+        points = min(settings["n_points"], len(data["test"]))
+        if settings.get("is_points"):
+            points = min(points, settings["is_points"])
+        settings["n_particles"] = sized_particles(model, points, EVALUATE_WORK)
     return model_quality(model, data["test"], data["train"], algorithm, **settings)
 
 
-# ``ddchm evaluate``'s protocol, also the summary's (quality.model_quality's arguments)
+# ``ddchm evaluate``'s protocol, also the full summary's (quality.model_quality's arguments)
 EVALUATE_DEFAULTS = {
-    "n_particles": 5000,
+    "n_particles": None,  # sized to the model, at most 5,000
+    "importance": None,  # only where log p(x) cannot be enumerated
+    "is_points": None,  # all the held-out points
     "proposal_steps": 500,
     "n_permutations": 100,
     "ais_chains": 0,
@@ -141,27 +149,73 @@ EVALUATE_DEFAULTS = {
 }
 
 
-def _quality_summary(result: dict, config: dict) -> str:
-    """The held-out log-likelihood and MMD that `ddchm evaluate RUN_DIR` reports by default
-    (its permutation test left out)."""
+def _quality_summary(result: dict, config: dict, full: bool = False, progress: bool = True):
+    """The closing summary of ``ddchm train``: the held-out log-likelihood and MMD. By default
+    a cheap protocol (:func:`~ddchm.evaluate.quality.summary_protocol`: exact where it can be,
+    else IS through the own q on fewer points); ``full``: `ddchm evaluate RUN_DIR`'s default
+    protocol (its permutation test left out). Every figure is printed with its estimator and
+    points; a warning is only about a printed figure."""
+    from ddchm.evaluate.quality import summary_protocol
+
+    model, algorithm = result["model"], result["algorithm"]
+    points = config["evaluate"]["points"]
+    protocol = {} if full else summary_protocol(model, algorithm, points)
+    last = result["records"][-1] if result["records"] else {}
+    # training's last evaluation measured the final model's MMD on these very points
+    reuse = not full and "mmd2" in last and last.get("step") == result["final"].get("step")
     q = heldout_quality(
-        result["model"], result["data"], result["algorithm"], config, n_permutations=0
+        model,
+        result["data"],
+        algorithm,
+        config,
+        **{**protocol, "n_permutations": 0, "measure_mmd": not reuse, "progress": progress},
     )
-    if "exact_ll" in q:
-        ll = f"held-out log p(x) [exact]: {q['exact_ll']:.6g} nats per point"
+    lines = [_likelihood_line(q, key) for key in LIKELIHOOD_LINES if key in q]
+    if reuse:
+        lines.append(
+            f"MMD^2 to held-out data: {last['mmd2']:.6g} (training's last evaluation; "
+            f"{last.get('heldout', 'test split')})"
+        )
     else:
-        ll = (
-            f"held-out log p(x) [IS, {int(q['n_particles'])} particles through a fitted "
-            f"proposal]: {q['is_ll_fitted']:.6g} +/- {q['is_ll_fitted_se']:.3g} nats per point, "
-            f"median ESS {q['is_ll_fitted_ess_median']:.1f}"
+        lines.append(
+            f"MMD^2 to held-out data: {q['mmd2']:.6g} (held-out vs train floor "
+            f"{q['mmd2_floor']:.4g}; {int(q['mmd_samples'])} points)"
         )
     for line in q["warnings"]:
         print(f"ddchm train: warning: {line}", file=sys.stderr)
-    return (
-        f"{ll} ({q['heldout']})\nMMD^2 to held-out data: {q['mmd2']:.6g} (held-out vs train "
-        f"floor {q['mmd2_floor']:.4g}; {int(q['mmd_samples'])} points); the same as "
-        "`ddchm evaluate RUN_DIR`, which adds AIS (--ais) and the MMD's p-value"
+    what = "`ddchm evaluate`'s protocol" if full else "a summary"
+    more = "" if full else "; `--full-evaluation` or `ddchm evaluate RUN_DIR` for the full one"
+    lines.append(
+        f"({what}: {q['eval_cpu_s']:.1f} CPU s{more}; `ddchm evaluate` adds AIS (--ais) "
+        "and the MMD's p-value)"
     )
+    return "\n".join(lines)
+
+
+LIKELIHOOD_LINES = {  # estimate -> its name in a printed line
+    "exact_ll": "exact",
+    "ais_ll": "AIS",
+    "is_ll_fitted": "IS through a fitted proposal",
+    "is_ll_own": "IS through the algorithm's own q",
+}
+
+
+def _likelihood_line(q: dict, key: str) -> str:
+    """'held-out log p(x) [ESTIMATOR, PROTOCOL]: VALUE ... (POINTS)': one estimate, named."""
+    n = int(q["n_points"])
+    if key == "exact_ll":
+        return f"held-out log p(x) [exact]: {q['exact_ll']:.6g} nats per point ({q['heldout']})"
+    if key == "ais_ll":
+        m = int(q["ais_points"])
+        what = f"AIS, {int(q['ais_chains'])} chains x {int(q['ais_steps'])} temperatures"
+        ess = f"chains' log w spread {q['ais_log_w_std']:.2f}"
+    else:
+        m = int(q["is_points"])
+        what = f"{LIKELIHOOD_LINES[key]}, {int(q['n_particles'])} particles"
+        ess = f"median ESS {q[key + '_ess_median']:.1f}"
+    se = q[f"{key}_se"]
+    where = f"the first {m} of the {n} points of {q['heldout']}" if m < n else q["heldout"]
+    return f"held-out log p(x) [{what}]: {q[key]:.6g} +/- {se:.3g} nats per point, {ess} ({where})"
 
 
 def _describe_data(section: dict) -> str:
@@ -227,6 +281,7 @@ def _summary(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    from ddchm.evaluate.quality import EVALUATE_WORK, is_enumerable, sized_particles
     from ddchm.experiment import load_run
 
     run = load_run(args.run_dir)
@@ -246,15 +301,23 @@ def cmd_evaluate(args) -> int:
     }
     points = args.points or run.config["evaluate"]["points"]
     n_test = len(run.data["test"])
-    ais = (
-        f", AIS on {min(points, args.ais_points)} of them with {args.ais_chains} chains x "
-        f"{args.ais_steps} temperatures"
-        if args.ais
-        else ""
-    )
+    n = min(points, n_test)
+    exact = is_enumerable(run.model)
+    importance = True if args.importance_sampling else None
+    m = min(n, args.is_points or n)
+    particles = args.particles or sized_particles(run.model, m, EVALUATE_WORK)
+    doing = [f"exact log p(x) on {n} of {n_test} held-out points"] if exact else []
+    if importance or not exact:
+        doing.append(
+            f"importance sampling on {m} of the {n} held-out points ({particles} particles)"
+        )
+    if args.ais:
+        doing.append(
+            f"AIS on the first {min(n, args.ais_points)} of the {n} held-out points, "
+            f"{args.ais_chains} chains x {args.ais_steps} temperatures"
+        )
     print(
-        f"ddchm evaluate: {run.model.describe()} on {min(points, n_test)} of {n_test} held-out "
-        f"points ({args.particles} importance samples per point{ais})",
+        f"ddchm evaluate: {run.model.describe()}: {'; '.join(doing)}; MMD^2",
         file=sys.stderr,
     )
     quality = heldout_quality(
@@ -263,7 +326,9 @@ def cmd_evaluate(args) -> int:
         run.algorithm,
         run.config,
         n_points=points,
-        n_particles=args.particles,
+        n_particles=particles,
+        importance=importance,
+        is_points=args.is_points,
         proposal_steps=args.proposal_steps,
         n_permutations=args.permutations,
         ais_chains=args.ais_chains if args.ais else 0,
@@ -299,8 +364,9 @@ def _add_evaluation_arguments(p, ais_default: bool) -> None:
     p.add_argument(
         "--particles",
         type=_positive_int,
-        default=EVALUATE_DEFAULTS["n_particles"],
-        help="importance samples per point, drawn 100 at a time",
+        default=None,
+        help="importance samples per point, drawn 100 at a time (default: sized to the model, "
+        "at most 5000, so the cost stays bounded on wide models)",
     )
     if ais_default:
         p.add_argument(
@@ -510,17 +576,18 @@ LIKELIHOOD_COLUMNS = {
 def _compare_quality(result: dict, args, points: int) -> dict:
     """The final model's held-out log-likelihood by the most trustworthy estimator at hand:
     exact where the latents can be enumerated, else AIS (unless --no-ais) beside IS."""
-    from ddchm.evaluate.quality import is_enumerable, model_quality
+    from ddchm.evaluate.quality import EVALUATE_WORK, is_enumerable, model_quality, sized_particles
 
     data, model = result["data"], result["model"]
     exact = is_enumerable(model)
+    n_points = min(points, len(data["test"]))
     return model_quality(
         model,
         data["test"],
         data["train"],
         None,
         n_points=points,
-        n_particles=args.particles,
+        n_particles=args.particles or sized_particles(model, n_points, EVALUATE_WORK),
         proposal_steps=0 if exact else 500,
         n_permutations=0,
         ais_chains=args.ais_chains if (args.ais and not exact) else 0,
@@ -755,23 +822,44 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the held-out log-likelihood and MMD printed at the end",
     )
+    p.add_argument(
+        "--full-evaluation",
+        action="store_true",
+        help="end with `ddchm evaluate`'s protocol (importance sampling on every held-out point "
+        "through a fitted proposal and the own q) instead of the cheap summary: exact where the "
+        "latents can be enumerated, else IS through the own q on 100 points",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
         "evaluate",
         help="log-likelihood (exact / importance-sampled) and MMD of a run's model (JSON)",
         description="Rebuild a run's data and model from its checkpoint and measure the model on "
-        "the held-out test split: exact log-likelihood where the latents can be enumerated; "
+        "the held-out test split: exact log-likelihood where the latents can be enumerated (and "
+        "nothing else unless asked: --importance-sampling, --ais); elsewhere "
         "importance-sampled log-likelihood through a proposal fitted to the model (every "
         "algorithm) and through the algorithm's own q, with standard errors and the spread of "
         "effective sample sizes (a warning when the median ESS is below --min-ess); with --ais, "
         "annealed importance sampling (every algorithm, DDC-HM included: it needs only the "
-        "generative model) with the chains' spread of log w as a bias diagnostic; MMD "
+        "generative model) with the chains' spread of log w as a bias diagnostic, and on an "
+        "enumerable model the exact value on the AIS points (exact_ll_on_ais_points); MMD "
         "between model samples and held-out data, with the held-out-vs-train floor and a "
         "permutation p-value.",
     )
     p.add_argument("run_dir", help="a run directory written by `ddchm train` (has checkpoint.pt)")
     _add_evaluation_arguments(p, ais_default=False)
+    p.add_argument(
+        "--importance-sampling",
+        action="store_true",
+        help="also importance sampling where log p(x) is exact (default: only where the latents "
+        "cannot be enumerated)",
+    )
+    p.add_argument(
+        "--is-points",
+        type=_positive_int,
+        default=None,
+        help="held-out points importance sampling measures, the first of --points (default: all)",
+    )
     p.add_argument(
         "--proposal-steps",
         type=int,

@@ -25,8 +25,9 @@ Protocol (ours: the paper's own hyper-parameters are not published with it):
   own q too), with its effective sample sizes;
   MMD^2 between model samples and held-out data, its held-out-vs-train floor and permutation
   p-value; posterior accuracy on the enumerable truths. The learning curves are evaluated
-  about ``CURVE_POINTS`` times over each run's CPU budget (exact NLL, else MMD^2). Every run,
-  and the true model, is measured on the same held-out points with the same random numbers. A
+  about ``CURVE_POINTS`` times over each run's CPU budget (exact NLL, else MMD^2) on the table's
+  held-out points, so a curve's last point is its row's figure. Every run, and the true model,
+  is measured on the same held-out points with the same random numbers. A
   run that diverges is recorded as such and the others go on. Run again with the same
   ``--out``, the runs resume from their checkpoints (a spent budget is not trained again) and
   are measured afresh.
@@ -70,7 +71,9 @@ DDC_VARIANTS = {
     "ddc-particles": {"wake_gradient": "particles"},
 }
 
-# evaluation sizes: (full, quick)
+# evaluation sizes: (full, quick). The learning curves measure the same held-out points
+# (``evaluate.points`` is set to ``n_points``, and the curves' MMD takes 1,000 points), so a
+# curve's last point is its table row's figure.
 EVALUATION = {
     "full": {
         "n_points": 500,
@@ -88,7 +91,7 @@ EVALUATION = {
         "n_particles": 20,
         "proposal_steps": 30,
         "proposal_samples": 200,
-        "mmd_samples": 200,
+        "mmd_samples": 1000,  # the learning curves' MMD points (Evaluator): the same figure
         "n_permutations": 20,
         "ais_chains": 2,
         "ais_steps": 5,
@@ -123,6 +126,8 @@ def method_config(base: dict, method: str, seed: int, quick: bool) -> dict:
         shared = {k: base["algorithm"][k] for k in SHARED if k in base["algorithm"]}
         config["algorithm"] = {"name": method, **shared}
     config["train"]["seed"] = config["model"]["seed"] = seed
+    # the curves' held-out points are the table's: one set of points per figure
+    config["evaluate"]["points"] = EVALUATION["quick" if quick else "full"]["n_points"]
     if quick:
         config["train"]["max_cpu_seconds"] = QUICK_CPU_SECONDS
         config["train"]["eval_every"] = config["train"]["log_every"] = 10**9
@@ -144,7 +149,13 @@ def run_one(config: dict, out_dir: Path, evaluation: dict, seed: int, progress: 
     # every run is measured with the same random numbers (held-out points, particles, MMD
     # permutations), as the true model is: differences between runs are then the models'
     quality = model_quality(
-        model, data["test"], data["train"], result["algorithm"], seed=0, **_sizes(model, evaluation)
+        model,
+        data["test"],
+        data["train"],
+        result["algorithm"],
+        importance=True,  # beside the exact value too: how tight each IS bound is
+        seed=0,
+        **_sizes(model, evaluation),
     )
     curve = [
         {k: r[k] for k in ("step", "time", "cpu_time", "test_nll", "mmd2") if k in r}
@@ -185,7 +196,7 @@ def reference_quality(data: dict, evaluation: dict) -> dict | None:
     if truth is None:
         return None
     sizes = _sizes(truth.model, evaluation)
-    return model_quality(truth.model, data["test"], data["train"], seed=0, **sizes)
+    return model_quality(truth.model, data["test"], data["train"], importance=True, seed=0, **sizes)
 
 
 def reproduce_experiment(
@@ -274,9 +285,12 @@ def experiment_table(result: dict) -> str:
     reference = result.get("reference")
     records_ok = [r for rs in result["methods"].values() for r in rs if r["status"] == "ok"]
     first = reference or (records_ok[0] if records_ok else {})
-    ll_kind = {"exact": "exact", "ais": "AIS", "is": "importance-sampled"}.get(
-        first.get("log_likelihood_estimator"), "–"
-    )
+    ll_kind = {
+        "exact": "exact",
+        "ais": "AIS",
+        "is": "importance-sampled",
+        "is_own": "importance-sampled (own q)",
+    }.get(first.get("log_likelihood_estimator"), "–")
     header = "| method | seeds | " + " | ".join(name for name, _ in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
     for method, records in result["methods"].items():

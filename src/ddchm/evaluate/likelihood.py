@@ -118,6 +118,7 @@ def importance_log_likelihood(
     batch_size: int = 100,
     generator: torch.Generator | int | None = 0,
     progress: bool = False,
+    description: str = "importance sampling",
 ) -> LogLikelihoodResult:
     """Importance-sampling estimate of log p(x_n) for each row of ``x``.
 
@@ -130,6 +131,7 @@ def importance_log_likelihood(
         batch_size: data points per call.
         generator: seed or torch.Generator; every draw goes through it.
         progress: tqdm bar over (data batch, particle chunk) pairs.
+        description: the bar's label (what is being computed).
 
     Cost: K N evaluations of log p(x, z) plus the proposal's, in chunks of
     ``particle_chunk x batch_size`` rows.
@@ -148,7 +150,7 @@ def importance_log_likelihood(
     log_w_sum = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
     log_w2_sum = log_w_sum.clone()
     jobs = [(s, c) for s in range(0, n, batch) for c in range(0, k, chunk)]
-    for start, c_start in progress_bar(jobs, desc="importance sampling", disable=not progress):
+    for start, c_start in progress_bar(jobs, desc=description, disable=not progress):
         rows = slice(start, min(n, start + batch))
         xb, kc = x[rows], min(chunk, k - c_start)
         latents, log_q = proposal.sample_with_log_prob(xb, kc, generator)

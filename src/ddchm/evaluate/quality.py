@@ -3,14 +3,18 @@
 :func:`model_quality` is what ``ddchm evaluate RUN_DIR`` and ``ddchm reproduce`` report:
 
 * ``exact_ll``: log p(x) by enumeration, averaged over held-out points (nats per point), when
-  every latent layer is binary and small enough to enumerate (:func:`is_enumerable`).
+  every latent layer is binary and small enough to enumerate (:func:`is_enumerable`). Where it
+  is exact, nothing else estimates log p(x) unless asked (``importance=True``, ``ais_chains``).
 * ``is_ll_fitted``: the importance-sampled log p(x) (:func:`~ddchm.evaluate.likelihood.\
 importance_log_likelihood`) through a proposal fitted to the trained model by sleep-phase
   training (:func:`~ddchm.evaluate.likelihood.fit_proposal`). Every model is measured through a
   proposal made the same way, so the comparison favours no algorithm.
 * ``is_ll_own``: the same through the algorithm's own q (for DDC-HM, a mean-field proposal read
   off its expected encodings: :func:`own_proposal`).
-  Both are stochastic lower bounds of log p(x) in expectation: the higher, the tighter.
+  Both are stochastic lower bounds of log p(x) in expectation: the higher, the tighter. Both
+  measure the first ``is_points`` of the held-out points (``is_points``, ``n_particles``
+  record the protocol; ``exact_ll_on_is_points``: the exact value on those points, where
+  there is one and they are fewer).
   Each comes with ``_se`` (standard error over the held-out points), ``_mc_se`` (Monte Carlo
   standard error of the estimator), the effective sample size out of K (``_ess`` its mean,
   ``_ess_median``, ``_ess_q10`` its 10th percentile, ``_ess_min``), ``_low_ess`` (the fraction
@@ -25,12 +29,14 @@ importance_log_likelihood`) through a proposal fitted to the trained model by sl
   (of the chain weights), ``_log_w_std`` (spread of log w across a point's chains: the bias
   diagnostic, the gap of one chain being about var(log w) / 2; a line in ``warnings`` above
   ``MAX_LOG_W_SPREAD``, 2 nats), ``_cpu_s``, and
-  ``is_ll_fitted_on_ais_points`` and ``ais_minus_is`` / ``ais_minus_is_se``: the paired
-  difference AIS - IS on those points and its standard error over them (both lower bounds:
+  ``exact_ll_on_ais_points`` (where log p(x) is exact: the figure to compare AIS with, on the
+  same points), ``is_ll_fitted_on_ais_points`` and ``ais_minus_is`` / ``ais_minus_is_se``: the
+  paired difference AIS - IS on those points and its standard error over them (both lower bounds:
   the larger estimate is the tighter one).
 * ``log_likelihood`` and ``log_likelihood_estimator``: the estimate to report, the most
-  trustworthy available: 'exact', else 'ais', else 'is' (the fitted proposal's);
-  ``protocol``: one line saying which points, particles and temperatures it used.
+  trustworthy available: 'exact', else 'ais', else 'is' (the fitted proposal's), else
+  'is_own' (the own q's); ``protocol``: one line naming every estimate with its points,
+  particles and temperatures.
 * ``mmd2``: unbiased MMD^2 (Gaussian kernel, bandwidths 0.25..4 x the median distance of the
   held-out points: :class:`HeldOutMMD`) between ``n`` model samples and ``n`` held-out points,
   with ``mmd_p_value`` from a permutation test (small: the model's samples are told apart
@@ -41,6 +47,7 @@ importance_log_likelihood`) through a proposal fitted to the trained model by sl
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -67,6 +74,40 @@ def is_enumerable(model: HierarchicalModel) -> bool:
     return all(layer.discrete for layer in latents) and (
         sum(layer.dim for layer in latents) <= MAX_ENUMERATED_UNITS
     )
+
+
+# importance sampling sized to the model: multiply-adds (points x particles x 2 x parameters)
+EVALUATE_WORK = 2e11  # ``ddchm evaluate``'s default
+SUMMARY_WORK = 1e10  # the closing summary of ``ddchm train``
+SUMMARY_POINTS = 100  # held-out points of the summary's importance sampling
+
+
+def sized_particles(model: HierarchicalModel, n_points: int, work: float, most: int = 5000) -> int:
+    """Particles per point so that importance sampling ``n_points`` points costs at most
+    ``work`` multiply-adds, between 10 and ``most``. One particle costs log p(x, z) (a
+    multiply-add per generative parameter) and about as much again for q(z | x)."""
+    per_particle = 2 * n_points * sum(p.numel() for p in model.parameters())
+    return int(min(most, max(10, work // max(per_particle, 1))))
+
+
+def summary_protocol(model: HierarchicalModel, algorithm, n_points: int) -> dict:
+    """:func:`model_quality`'s arguments for a summary that costs little beside training: the
+    exact value where the latents can be enumerated and nothing else; otherwise importance
+    sampling through the algorithm's own q (a small fitted proposal, 50 sleep updates, where
+    it has none) on the first ``SUMMARY_POINTS`` of the ``n_points`` held-out points, with
+    particles sized to the model (:func:`sized_particles`, ``SUMMARY_WORK``); no permutation
+    test. Every figure it gives names its estimator, points and particles."""
+    points = min(SUMMARY_POINTS, n_points)
+    own = algorithm is not None and own_proposal(algorithm) is not None
+    return {
+        "n_points": n_points,
+        "is_points": points,
+        "n_particles": sized_particles(model, points, SUMMARY_WORK, most=1000),
+        "proposal_steps": 0 if own else 50,
+        "proposal_samples": 200,
+        "n_permutations": 0,
+        "ais_chains": 0,
+    }
 
 
 def own_proposal(algorithm):
@@ -147,11 +188,17 @@ def ess_summary(ess: torch.Tensor, prefix: str, min_ess: float) -> dict[str, flo
 
 
 @torch.no_grad()
-def _importance(model, x, proposal, n_particles, seed, progress, prefix, min_ess):
+def _importance(model, x, proposal, n_particles, seed, progress, prefix, min_ess, description):
     """(figures, per-point log p^) of importance sampling through ``proposal``."""
     tic = time.process_time()
     result = importance_log_likelihood(
-        model, x, proposal, n_particles=n_particles, generator=seed, progress=progress
+        model,
+        x,
+        proposal,
+        n_particles=n_particles,
+        generator=seed,
+        progress=progress,
+        description=description,
     )
     out = {
         prefix: result.mean,
@@ -170,7 +217,8 @@ def _low_ess_warning(out: dict, prefix: str, what: str, min_ess: float) -> str |
         f"{what}: median effective sample size {out[f'{prefix}_ess_median']:.1f} of "
         f"{int(out['n_particles'])} particles is below {min_ess:g} "
         f"({100 * out[f'{prefix}_low_ess']:.0f}% of points below it); the estimate is a loose "
-        "lower bound and its standard error unreliable: use more particles or AIS (--ais)"
+        "lower bound and its standard error unreliable: use more particles or AIS "
+        "(`ddchm evaluate --ais`)"
     )
 
 
@@ -182,10 +230,13 @@ def model_quality(
     *,
     n_points: int = 500,
     n_particles: int = 5000,
+    importance: bool | None = None,
+    is_points: int | None = None,
     proposal_steps: int = 500,
     proposal_samples: int = 500,
     mmd_samples: int = 1000,
     n_permutations: int = 100,
+    measure_mmd: bool = True,
     ais_chains: int = 0,
     ais_steps: int = 200,
     ais_points: int = 100,
@@ -203,26 +254,40 @@ def model_quality(
         n_points: held-out points for the log-likelihoods (a seeded subset).
         n_particles: K, importance samples per point (drawn in chunks of 100 particles x 100
             points, so memory does not grow with K).
+        importance: whether to estimate log p(x) by importance sampling (through the fitted
+            proposal and through the own q). None: only where it cannot be enumerated, since
+            the exact value is then printed instead; True: also beside the exact value (to see
+            how tight IS is); False: never.
+        is_points: how many of the held-out points importance sampling measures (the first of
+            the likelihood subset; None: all ``n_points``), so that a cheap protocol can
+            measure fewer points than the exact value and the MMD of the same run.
         proposal_steps, proposal_samples: sleep-phase updates, and dreams per update, of the
             fitted proposal (0 steps: no fitted-proposal estimate).
         mmd_samples: model samples and held-out points of the MMD (each at most this many).
         n_permutations: of the MMD permutation test (0: no p-value).
+        measure_mmd: False leaves the MMD out (e.g. where training's last evaluation measured
+            it on the same points already).
         ais_chains, ais_steps: AIS chains per point and annealing temperatures (0 chains: no
             AIS); ais_points: how many of the held-out points AIS measures (the first of the
             likelihood subset). AIS costs about ais_chains x ais_steps Gibbs sweeps per point.
         min_ess: the median ESS below which an importance-sampled estimate is flagged.
         seed: every random draw (subsets, samples, particles, proposal fit) derives from it.
-        progress: tqdm bars on the importance sampling and the permutation test.
+        progress: a progress bar (tqdm on a terminal, else periodic lines on stderr) naming
+            each estimate as it is computed.
 
     Returns a flat dict of floats (keys in the module docstring) plus ``eval_cpu_s``, the CPU
     seconds the evaluation took, and four non-numbers: ``log_likelihood_estimator``,
     ``protocol``, ``heldout`` (which test points: :func:`heldout_description`) and
-    ``warnings`` (a list of lines).
+    ``warnings`` (a list of lines, each about an estimate the dict holds).
     """
     if not isinstance(model, HierarchicalModel):
         raise TypeError(f"model: expected a HierarchicalModel, got {type(model).__name__}")
     n_points = check_positive_int(n_points, "n_points")
     n_particles = check_positive_int(n_particles, "n_particles")
+    if importance not in (None, True, False):
+        raise ValueError(f"importance: expected None, True or False, got {importance!r}")
+    if is_points is not None:
+        is_points = check_positive_int(is_points, "is_points")
     proposal_steps = check_positive_int(proposal_steps, "proposal_steps", minimum=0)
     mmd_samples = check_positive_int(mmd_samples, "mmd_samples", minimum=2)
     ais_chains = check_positive_int(ais_chains, "ais_chains", minimum=0)
@@ -235,34 +300,68 @@ def model_quality(
     test = model.check_data(torch.as_tensor(test), "test").to(reference)
     generator = make_generator(seed)
     points, held_out = heldout_sets(test, n_points, mmd_samples, generator)
-    out: dict = {"n_points": float(points.shape[0]), "n_particles": float(n_particles)}
+    out: dict = {"n_points": float(points.shape[0])}
     warnings: list[str] = []
-    fitted_log_px = None
+    enumerable = is_enumerable(model)
+    exact_log_px = None
 
-    if is_enumerable(model):
+    if enumerable:
         previous = reference.dtype
         try:  # enumeration in float64: sums of 2^D terms
-            out["exact_ll"] = exact_log_likelihood(model.double(), points.double()).mean
+            exact_log_px = exact_log_likelihood(model.double(), points.double()).log_px
         finally:
             model.to(previous)
-    if proposal_steps > 0:
-        proposal = fit_proposal(
-            model, n_steps=proposal_steps, sleep_samples=proposal_samples, generator=seed + 1
-        )
-        figures, fitted_log_px = _importance(
-            model, points, proposal, n_particles, seed + 2, progress, "is_ll_fitted", min_ess
-        )
-        out.update(figures)
-        warnings.append(
-            _low_ess_warning(out, "is_ll_fitted", "IS through the fitted proposal", min_ess)
-        )
-    own = own_proposal(algorithm) if algorithm is not None else None
-    if own is not None:
-        figures, _ = _importance(
-            model, points, own, n_particles, seed + 3, progress, "is_ll_own", min_ess
-        )
-        out.update(figures)
-        warnings.append(_low_ess_warning(out, "is_ll_own", "IS through the own q", min_ess))
+        out["exact_ll"] = float(exact_log_px.mean())
+    if importance is None:
+        importance = not enumerable
+    is_x = points[: is_points or points.shape[0]]
+    fitted_log_px = None
+    if importance:
+        out.update(n_particles=float(n_particles), is_points=float(is_x.shape[0]))
+        what = f"{is_x.shape[0]} points x {n_particles} particles"
+        if proposal_steps > 0:
+            if progress:
+                print(
+                    f"fitting the IS proposal: {proposal_steps} sleep updates of "
+                    f"{proposal_samples} dreams",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            proposal = fit_proposal(
+                model, n_steps=proposal_steps, sleep_samples=proposal_samples, generator=seed + 1
+            )
+            figures, fitted_log_px = _importance(
+                model,
+                is_x,
+                proposal,
+                n_particles,
+                seed + 2,
+                progress,
+                "is_ll_fitted",
+                min_ess,
+                f"IS, fitted proposal, {what}",
+            )
+            out.update(figures)
+            warnings.append(
+                _low_ess_warning(out, "is_ll_fitted", "IS through the fitted proposal", min_ess)
+            )
+        own = own_proposal(algorithm) if algorithm is not None else None
+        if own is not None:
+            figures, _ = _importance(
+                model,
+                is_x,
+                own,
+                n_particles,
+                seed + 3,
+                progress,
+                "is_ll_own",
+                min_ess,
+                f"IS, own q, {what}",
+            )
+            out.update(figures)
+            warnings.append(_low_ess_warning(out, "is_ll_own", "IS through the own q", min_ess))
+        if exact_log_px is not None and is_x.shape[0] < points.shape[0]:
+            out["exact_ll_on_is_points"] = float(exact_log_px[: is_x.shape[0]].mean())
     if ais_chains > 0:
         ais_x = points[:ais_points]
         ais_tic = time.process_time()
@@ -293,9 +392,12 @@ def model_quality(
                 f"(above {MAX_LOG_W_SPREAD:g}): the chains disagree and the estimate may be loose "
                 "by about the spread squared / 2; raise the temperatures (--ais-steps)"
             )
-        if fitted_log_px is not None:
-            paired = (result.log_px - fitted_log_px[: ais_x.shape[0]]).double()
-            out["is_ll_fitted_on_ais_points"] = float(fitted_log_px[: ais_x.shape[0]].mean())
+        n_ais = ais_x.shape[0]
+        if exact_log_px is not None:  # the exact value on the very points AIS measured
+            out["exact_ll_on_ais_points"] = float(exact_log_px[:n_ais].mean())
+        if fitted_log_px is not None and fitted_log_px.shape[0] >= n_ais:
+            paired = (result.log_px - fitted_log_px[:n_ais]).double()
+            out["is_ll_fitted_on_ais_points"] = float(fitted_log_px[:n_ais].mean())
             out["ais_minus_is"] = float(paired.mean())
             out["ais_minus_is_se"] = (
                 float(paired.std() / paired.numel() ** 0.5) if paired.numel() > 1 else 0.0
@@ -303,16 +405,24 @@ def model_quality(
     _headline(out)
 
     held_out = held_out.double().cpu()
-    result = HeldOutMMD(held_out, seed)(model, n_permutations, progress)
-    out["mmd2"] = result.mmd2
-    if result.p_value is not None:
-        out["mmd_p_value"] = result.p_value
-    if train is not None:
-        train = model.check_data(torch.as_tensor(train), "train").to(reference)
-        reference_points = _rows(train, held_out.shape[0], generator).double()
-        floor = mmd(reference_points, held_out, bandwidth=result.bandwidths)
-        out["mmd2_floor"] = floor.mmd2
-    out["mmd_samples"] = float(held_out.shape[0])
+    if measure_mmd:
+        if progress:
+            print(
+                f"MMD^2: {held_out.shape[0]} model samples against {held_out.shape[0]} "
+                "held-out points" + (" and the train floor" if train is not None else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+        result = HeldOutMMD(held_out, seed)(model, n_permutations, progress)
+        out["mmd2"] = result.mmd2
+        if result.p_value is not None:
+            out["mmd_p_value"] = result.p_value
+        if train is not None:
+            train = model.check_data(torch.as_tensor(train), "train").to(reference)
+            reference_points = _rows(train, held_out.shape[0], generator).double()
+            floor = mmd(reference_points, held_out, bandwidth=result.bandwidths)
+            out["mmd2_floor"] = floor.mmd2
+        out["mmd_samples"] = float(held_out.shape[0])
     out["heldout"] = heldout_description(n_points, test.shape[0], seed)
     out["eval_cpu_s"] = time.process_time() - tic
     out["warnings"] = [w for w in warnings if w]
@@ -320,21 +430,36 @@ def model_quality(
 
 
 def _headline(out: dict) -> None:
-    """Add ``log_likelihood``, its estimator and a one-line protocol to ``out``."""
-    n, k = int(out["n_points"]), int(out["n_particles"])
+    """Add ``log_likelihood``, its estimator and a one-line protocol (every estimate the dict
+    holds, each with its points) to ``out``."""
+    n = int(out["n_points"])
+    estimates = []
     if "exact_ll" in out:
-        out["log_likelihood"], out["log_likelihood_estimator"] = out["exact_ll"], "exact"
-        out["protocol"] = f"exact log p(x) by enumeration on {n} held-out points"
-    elif "ais_ll" in out:
-        out["log_likelihood"], out["log_likelihood_estimator"] = out["ais_ll"], "ais"
-        out["protocol"] = (
-            f"AIS on {int(out['ais_points'])} held-out points, {int(out['ais_chains'])} chains "
-            f"x {int(out['ais_steps'])} temperatures (prior -> posterior)"
+        estimates.append(
+            ("exact", "exact_ll", f"exact log p(x) by enumeration on {n} held-out points")
         )
-    elif "is_ll_fitted" in out:
-        out["log_likelihood"], out["log_likelihood_estimator"] = out["is_ll_fitted"], "is"
-        out["protocol"] = f"IS on {n} held-out points, {k} particles (fitted proposal)"
-    else:
+    if "ais_ll" in out:
+        estimates.append(
+            (
+                "ais",
+                "ais_ll",
+                f"AIS on {int(out['ais_points'])} held-out points, {int(out['ais_chains'])} "
+                f"chains x {int(out['ais_steps'])} temperatures (prior -> posterior; the first "
+                f"{int(out['ais_points'])} of the {n} points)",
+            )
+        )
+    for key, estimator, q in (
+        ("is_ll_fitted", "is", "fitted proposal"),
+        ("is_ll_own", "is_own", "own q"),
+    ):
+        if key in out:
+            m, k = int(out["is_points"]), int(out["n_particles"])
+            first = f" (the first of the {n})" if m < n else ""
+            estimates.append(
+                (estimator, key, f"IS on {m} held-out points{first}, {k} particles ({q})")
+            )
+    if not estimates:
         return
-    if "is_ll_fitted" in out and out["log_likelihood_estimator"] != "is":
-        out["protocol"] += f"; IS {k} particles (fitted proposal) on {n} points"
+    estimator, key, _ = estimates[0]  # the most trustworthy: exact, AIS, fitted IS, own-q IS
+    out["log_likelihood"], out["log_likelihood_estimator"] = out[key], estimator
+    out["protocol"] = "; ".join(line for _, _, line in estimates)

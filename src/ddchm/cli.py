@@ -1,10 +1,13 @@
 """Command line: ``ddchm train | evaluate | compare | sample | data``.
 
-ddchm train [CONFIG] [--out DIR] [--steps N] [--seed S] [--device D]
+ddchm train [CONFIG] [--out DIR] [--steps N] [--seed S] [--device D] [--threads N]
 ddchm evaluate RUN_DIR [--points N] [--particles K] [--ais] [--ais-steps T] [--ais-chains C]
-               [--ais-points M] [--min-ess E]
+               [--ais-points M] [--min-ess E] [--threads N]
 ddchm sample MODEL -n N --seed S -o FILE      MODEL: a synthetic truth or a run directory
 ddchm data list
+
+Every command that computes runs torch on --threads threads (default: $OMP_NUM_THREADS, else 1;
+ddchm.threads says why).
 """
 
 from __future__ import annotations
@@ -49,14 +52,19 @@ def cmd_train(args) -> int:
         overrides.setdefault("train", {})["seed"] = args.seed
     if args.device is not None:
         overrides.setdefault("train", {})["device"] = args.device
+    if args.threads is not None:
+        overrides.setdefault("train", {})["threads"] = args.threads
     config = load_config(args.config, overrides)
     out = _run_directory(args.out)
     if out is None:
         name = Path(args.config).stem if args.config else "default"
         out = Path("runs") / f"{name}-{config['algorithm']['name']}-seed{config['train']['seed']}"
+    length, budget = f"{config['train']['steps']} steps", config["train"]["max_cpu_seconds"]
+    if budget is not None:
+        length = f"{budget:g} CPU s (at most {length})"
     print(
         f"ddchm train: {config['algorithm']['name']} on {_describe_data(config['data'])}, "
-        f"{config['train']['steps']} steps -> {out}"
+        f"{length} -> {out}"
     )
     phase = _requested_wake_phase(config["algorithm"])
     if config["algorithm"]["name"] == "ddc" and phase:  # an unknown one is refused next
@@ -348,8 +356,6 @@ COMPACT = ("nll_gap", "test_nll", "mmd2", "posterior_mae")  # what a reader comp
 def cmd_compare(args) -> int:
     """Train each algorithm with each seed on one config at a matched CPU budget; write a
     compact table (all final metrics in comparison.json) and figures."""
-    import torch
-
     from ddchm.evaluate.report import write_comparison
     from ddchm.experiment import ALGORITHMS, load_config, run
     from ddchm.reproduce import SHARED
@@ -377,7 +383,6 @@ def cmd_compare(args) -> int:
     out = Path(
         args.out or Path("runs") / f"compare-{Path(args.config).stem if args.config else 'default'}"
     )
-    torch.set_num_threads(1)  # CPU seconds then measure one core's work, the same for all
     budget = args.cpu_seconds or base["train"]["max_cpu_seconds"]
     results, first_cpu, data_samples, phases = {}, {}, None, {}
     for index, name in enumerate(algorithms):
@@ -390,6 +395,8 @@ def cmd_compare(args) -> int:
                 config = load_config(config)
             if args.steps:
                 config["train"]["steps"] = args.steps
+            if args.threads is not None:  # the same for every run: CPU seconds stay comparable
+                config["train"]["threads"] = args.threads
             cap = budget if budget is not None else first_cpu.get(seed)
             if cap is not None:  # matched budget: the step count only guards against runaways
                 config["train"]["max_cpu_seconds"] = cap
@@ -544,7 +551,9 @@ def cmd_reproduce(args) -> int:
     from ddchm.reproduce import reproduce
 
     out = Path(args.out or Path("runs") / ("reproduce-quick" if args.quick else "reproduce"))
-    tables = reproduce(args.setting, out, seeds=args.seeds, quick=args.quick)
+    tables = reproduce(
+        args.setting, out, seeds=args.seeds, quick=args.quick, threads=_threads(args.threads)
+    )
     for path in tables.values():
         print(path.read_text())
     print(f"tables and figures in {out}")
@@ -749,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="minibatch and algorithm seed (sets train.seed)"
     )
     p.add_argument("--device", default=None, help="cpu, cuda or auto (sets train.device)")
+    _add_threads_argument(p, sets="train.threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--no-quality",
@@ -782,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--permutations", type=int, default=100, help="MMD permutation test size (0: no p-value)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    _add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
@@ -808,6 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="output folder (default runs/compare-CONFIG)")
     _add_evaluation_arguments(p, ais_default=True)
+    _add_threads_argument(p, sets="train.threads of every run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
 
@@ -816,9 +828,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's settings (synthetic, patches, MNIST): every method, matched CPU budget",
         description="Train DDC-HM and every applicable baseline (wake-sleep, RWS, VIMCO; VAE and "
         "IWAE on continuous latents) with the same architecture and data, for the same CPU "
-        "seconds of one thread, over several seeds; measure log-likelihood and MMD on held-out "
+        "seconds, over several seeds; measure log-likelihood and MMD on held-out "
         "data; write SETTING/table.md, results.json and figures under --out. Runs one process "
-        "with one torch thread. Configs: src/ddchm/configs/reproduce/.",
+        "with --threads torch threads (default one). Configs: src/ddchm/configs/reproduce/.",
     )
     p.add_argument(
         "setting", choices=["synthetic", "patches", "mnist", "all"], help="which setting(s) to run"
@@ -830,6 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per method (paired)")
     p.add_argument("--out", default=None, help="output folder (default runs/reproduce[-quick])")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("sample", help="draw samples from a truth or a trained model")
@@ -837,6 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     p.add_argument("-o", "--output", required=True, help=".npy (x), .npz (every layer) or .csv")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("data", help="data sets")
@@ -884,6 +898,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _threads(requested: int | None) -> int:
+    from ddchm.threads import default_threads
+
+    return default_threads() if requested is None else requested
+
+
+def _add_threads_argument(p, sets: str | None = None) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"torch CPU threads{f' (sets {sets})' if sets else ''}, per process under "
+        "torchrun; default $OMP_NUM_THREADS, else 1: the models are small, and on a shared "
+        "machine more threads cost more CPU seconds than they save (README, Threads)",
+    )
+
+
 class _Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` hides it
     """SIGTERM outside a training run's own handling (e.g. while the data load)."""
 
@@ -914,10 +946,12 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     from ddchm.data.download import DownloadError
+    from ddchm.threads import use_threads
     from ddchm.train import CheckpointError, DivergenceError, TrainingInterrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    use_threads(getattr(args, "threads", None))  # train: its config's train.threads then wins
     try:
         return args.func(args)
     except TrainingInterrupted as stop:

@@ -184,6 +184,7 @@ SCHEMA: dict[str, dict[str, Callable]] = {
         "max_seconds": real(0, strict=True, optional=True),
         "max_cpu_seconds": real(0, strict=True, optional=True),
         "device": device,
+        "threads": optional_integer(1),
     },
     "evaluate": {"points": integer(1), "posterior_points": integer(1)},
 }

@@ -7,7 +7,8 @@ that name the key, because a misspelt hyper-parameter that is silently ignored w
     [model]      layers (top first) or architecture = "truth"; init_scale; seed; dtype
     [algorithm]  name = "ddc" | "ws" | "rws" | "vimco" | "vae" | "iwae", then its own arguments
     [train]      steps, batch_size, seed, log_every, eval_every, checkpoint_every,
-                 max_seconds (wall-clock budget), max_cpu_seconds (CPU-time budget), device
+                 max_seconds (wall-clock budget), max_cpu_seconds (CPU-time budget), device,
+                 threads (torch's CPU threads per process; default $OMP_NUM_THREADS, else 1)
     [evaluate]   points (the held-out protocol: how many test points every log-likelihood
                  and MMD of the run uses, in training, in its summary and in `ddchm evaluate`),
                  posterior_points
@@ -77,6 +78,7 @@ DEFAULTS = {
         "max_seconds": None,
         "max_cpu_seconds": None,
         "device": "auto",
+        "threads": None,  # torch CPU threads; None: $OMP_NUM_THREADS, else 1 (ddchm.threads)
     },
     "evaluate": {"points": 500, "posterior_points": 500},
 }
@@ -421,6 +423,7 @@ RESUMABLE = {
         "max_seconds",
         "max_cpu_seconds",
         "device",
+        "threads",
     },
     "evaluate": {"posterior_points"},  # not evaluate.points: one held-out protocol per run
 }
@@ -502,7 +505,7 @@ def check_resume(out_dir: str | Path, config: dict, data: dict | None = None) ->
                 f"{path}: this run was made with a different config, so it cannot be resumed "
                 f"with this one ({'; '.join(changed)}). Use the original settings to resume, or "
                 "another run directory (--out) for the new ones. Only train.steps, log_every, "
-                "eval_every, checkpoint_every, max_seconds, max_cpu_seconds, device and "
+                "eval_every, checkpoint_every, max_seconds, max_cpu_seconds, device, threads and "
                 "evaluate.posterior_points may change on resuming."
             )
     if data is not None:
@@ -536,6 +539,15 @@ def check_same_data(path: Path, state: dict, fingerprint: dict, config: dict, wh
         raise ConfigError(
             f"{path}: the data changed {since} ({'; '.join(changed)}; data: {where}), so "
             f"{consequence}"
+        )
+
+
+def check_batch_size(batch_size: int, train: torch.Tensor) -> None:
+    """ConfigError when a minibatch would need more rows than the training split has."""
+    if batch_size > train.shape[0]:
+        raise ConfigError(
+            f"train.batch_size: {batch_size} is more than the {train.shape[0]} training points; "
+            f"use at most {train.shape[0]} (or more data)"
         )
 
 
@@ -579,6 +591,9 @@ def run(
     :func:`check_resume`). ``curve_points``: with a CPU-time budget (``train.max_cpu_seconds``),
     also evaluate every budget / ``curve_points`` CPU seconds, so the learning curve has at
     least that many points besides the start, whatever ``train.eval_every``."""
+    from ddchm.threads import use_threads
+
+    use_threads(config["train"]["threads"])  # per process, under torchrun too
     device = resolve_device(config["train"]["device"])
     from ddchm import distributed  # torchrun: join the group; on CUDA, this rank's device
 
@@ -586,6 +601,7 @@ def run(
     # the config is checked before the data are built (a config error is cheap), the data after
     resumed = check_resume(out_dir, config) if out_dir is not None else None
     data = build_data(config["data"])
+    check_batch_size(config["train"]["batch_size"], data["train"])
     fingerprint = data_fingerprint(data)
     if out_dir is not None:
         from ddchm.train import CHECKPOINT, prepare_run_directory

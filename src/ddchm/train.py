@@ -37,7 +37,7 @@ import torch
 
 from ddchm import distributed
 from ddchm.algorithms.base import Algorithm
-from ddchm.progress import progress_bar
+from ddchm.progress import cpu_budget_bar, progress_bar
 from ddchm.validation import check_positive_int, make_generator
 
 CHECKPOINT = "checkpoint.pt"
@@ -568,13 +568,15 @@ def train(
             if eval_every_cpu_s is None
             else (math.floor(cpu_elapsed / eval_every_cpu_s) + 1) * eval_every_cpu_s
         )
-        bar = progress_bar(
-            total=steps,
-            initial=start_step,
-            disable=not progress,
-            desc=algorithm.name,
-            dynamic_ncols=True,
-        )
+        # a CPU-budgeted run's bar counts CPU seconds of the budget (its step cap is a guard
+        # against runaways, often far off); the step count rides in the postfix
+        by_cpu = max_cpu_seconds is not None
+        look = {"disable": not progress, "desc": algorithm.name, "dynamic_ncols": True}
+        if by_cpu:
+            bar = cpu_budget_bar(max_cpu_seconds, cpu_elapsed, **look)
+        else:
+            bar = progress_bar(total=steps, initial=start_step, **look)
+        shown: dict = {}  # the last record's figures in the bar
         try:
             if start_step == 0 and not records and evaluate is not None:
                 log({"step": 0, "time": 0.0, "cpu_time": 0.0, **evaluate()})
@@ -608,7 +610,11 @@ def train(
                     rollback()
                     diverged(step + 1, problem, undone=True)
                 step += 1
-                bar.update(1)
+                if by_cpu:
+                    bar.update(min(cpu_elapsed, max_cpu_seconds) - bar.n)
+                    bar.set_postfix({"step": step, **shown}, refresh=False)
+                else:
+                    bar.update(1)
                 record = None
                 last = step == steps or shard.any(out_of_budget())[0]
                 times = {"time": round(elapsed, 4), "cpu_time": round(cpu_elapsed, 4)}
@@ -630,13 +636,10 @@ def train(
                         diverged(step, problem, undone=False)
                 if record is not None:
                     log(record)
-                    bar.set_postfix(
-                        {
-                            k: f"{v:.4g}"
-                            for k, v in list(record.items())[3:6]
-                            if isinstance(v, float)
-                        }
-                    )
+                    shown = {
+                        k: f"{v:.4g}" for k, v in list(record.items())[3:6] if isinstance(v, float)
+                    }
+                    bar.set_postfix({"step": step, **shown} if by_cpu else shown)
                 if step % checkpoint_every == 0:
                     checkpoint(step)
         finally:

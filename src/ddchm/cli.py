@@ -84,7 +84,8 @@ def cmd_train(args) -> int:
 
 
 def _train_figures(result: dict, out: Path) -> list[Path]:
-    """learning_curve.png (each held-out figure against CPU time and steps) and samples.png
+    """learning_curve.png (the first held-out figure of nll_gap, test_nll, mmd2 against CPU
+    time and steps; a log axis where its positive values span two decades) and samples.png
     (the model's samples beside held-out data)."""
     from ddchm.evaluate.plots import Y_LABELS, plot_learning_curves, plot_samples, save_figure
 
@@ -99,6 +100,8 @@ def _train_figures(result: dict, out: Path) -> list[Path]:
                 metric,
                 x_axes=("cpu_time", "step"),
                 ylabel=Y_LABELS[metric],
+                log_x=_spans_decades(curve["step"]),
+                log_y=metric != "test_nll" and _spans_decades(curve[metric], everywhere=True),
             )
             written.append(save_figure(fig, out / "learning_curve.png"))
             break
@@ -112,6 +115,15 @@ def _train_figures(result: dict, out: Path) -> list[Path]:
     )
     written.append(save_figure(fig, out / "samples.png"))
     return written
+
+
+def _spans_decades(values, decades: float = 2.0, everywhere: bool = False) -> bool:
+    """Whether the positive ``values`` (at least 3; with ``everywhere``, all of them positive)
+    span ``decades`` powers of ten: a log axis then shows them better than a linear one."""
+    positive = [v for v in values if v > 0]
+    if len(positive) < 3 or (everywhere and len(positive) < len(values)):
+        return False
+    return math.log10(max(positive) / min(positive)) >= decades
 
 
 def _stderr(prefix: str):

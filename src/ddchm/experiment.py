@@ -6,7 +6,7 @@ that name the key, because a misspelt hyper-parameter that is silently ignored w
     [data]       source = "synthetic" | "array" | "mnist" | "patches", and its options
     [model]      layers (top first) or architecture = "truth"; init_scale; seed; dtype
     [algorithm]  name = "ddc" | "ws" | "rws" | "vimco" | "vae" | "iwae", then its own arguments
-    [train]      steps, batch_size, seed, log_every, eval_every, checkpoint_every,
+    [train]      steps, batch_size, seed, log_every, eval_every, eval_early, checkpoint_every,
                  max_seconds (wall-clock budget), max_cpu_seconds (CPU-time budget), device,
                  threads (torch's CPU threads per process; default $OMP_NUM_THREADS, else 1)
     [evaluate]   points (the held-out protocol: how many test points every log-likelihood
@@ -74,6 +74,7 @@ DEFAULTS = {
         "seed": 0,
         "log_every": 50,
         "eval_every": 500,
+        "eval_early": False,  # also at steps 1, 2, 5, 10, 20, 50, ... below eval_every
         "checkpoint_every": 500,
         "max_seconds": None,
         "max_cpu_seconds": None,
@@ -419,6 +420,7 @@ RESUMABLE = {
         "steps",
         "log_every",
         "eval_every",
+        "eval_early",
         "checkpoint_every",
         "max_seconds",
         "max_cpu_seconds",
@@ -505,7 +507,8 @@ def check_resume(out_dir: str | Path, config: dict, data: dict | None = None) ->
                 f"{path}: this run was made with a different config, so it cannot be resumed "
                 f"with this one ({'; '.join(changed)}). Use the original settings to resume, or "
                 "another run directory (--out) for the new ones. Only train.steps, log_every, "
-                "eval_every, checkpoint_every, max_seconds, max_cpu_seconds, device, threads and "
+                "eval_every, eval_early, checkpoint_every, max_seconds, max_cpu_seconds, device, "
+                "threads and "
                 "evaluate.posterior_points may change on resuming."
             )
     if data is not None:
@@ -637,6 +640,7 @@ def run(
         checkpoint_every=train_cfg["checkpoint_every"],
         evaluate=evaluator,
         eval_every=train_cfg["eval_every"],
+        eval_early=train_cfg["eval_early"],
         progress=progress,
         extra_state={"config": config, "data_fingerprint": fingerprint},
         max_seconds=train_cfg["max_seconds"],

@@ -431,6 +431,7 @@ def train(
     max_cpu_seconds: float | None = None,
     guard: DivergenceGuard | None = None,
     eval_every_cpu_s: float | None = None,
+    eval_early: bool = False,
 ) -> list[dict]:
     """Run ``algorithm.step`` for ``steps`` minibatches of ``data``; returns the logged records.
 
@@ -443,7 +444,9 @@ def train(
     matched budget stay fair; give the process one thread). Records carry both, as ``time``
     and ``cpu_time``. ``eval_every_cpu_s`` also evaluates each time the training CPU time
     passes another multiple of it (a learning curve with points spread over the budget,
-    whatever ``eval_every``).
+    whatever ``eval_every``). ``eval_early`` also evaluates after steps 1, 2, 5, 10, 20, 50, ...
+    below ``eval_every`` (:func:`early_steps`), for a curve read on a logarithmic step axis,
+    where the first steps often hold most of the change.
 
     Failures: a step that ``guard`` (default :class:`DivergenceGuard`) refuses is undone (model,
     algorithm and data order restored to before it) and :class:`DivergenceError` is raised; no
@@ -563,6 +566,7 @@ def train(
             )
 
         step = start_step
+        early = early_steps(eval_every) if eval_early else frozenset()
         next_cpu_eval = (
             math.inf
             if eval_every_cpu_s is None
@@ -627,7 +631,8 @@ def train(
                     next_cpu_eval = (
                         math.floor(cpu_elapsed / eval_every_cpu_s) + 1
                     ) * eval_every_cpu_s
-                if evaluate is not None and (step % eval_every == 0 or last or on_cpu_schedule):
+                scheduled = step % eval_every == 0 or step in early or last or on_cpu_schedule
+                if evaluate is not None and scheduled:
                     record = {"step": step, **times, **metrics, **evaluate()}
                     problem = guard.check_evaluation(step, record)
                     if problem is not None:
@@ -649,6 +654,15 @@ def train(
             raise TrainingInterrupted(interrupted[0], step, out)
         checkpoint(step)
         return records
+
+
+def early_steps(below: int) -> frozenset[int]:
+    """1, 2, 5, 10, 20, 50, ... up to (not including) ``below``: evenly spaced on a log axis."""
+    steps, decade = set(), 1
+    while decade < below:
+        steps.update(m * decade for m in (1, 2, 5) if m * decade < below)
+        decade *= 10
+    return frozenset(steps)
 
 
 def _read_records(path: Path, upto: int) -> list[dict]:

@@ -603,26 +603,49 @@ def _checkpoint_model(path: Path):
     return model, state
 
 
+def _output_file(text: str, option: str = "-o/--output") -> Path:
+    """``text`` as a file to write, checked before any work: its folder must exist (no folder
+    is made that the user did not ask for) and be writable; ValueError naming ``option``."""
+    import os
+
+    path = Path(text)
+    if path.is_dir():
+        raise ValueError(f"{option}: {text} is a directory; give a file name")
+    folder = path.parent
+    if not folder.exists():
+        blocking = next((p for p in folder.parents if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ValueError(f"{option}: {text}: {blocking} is a file, not a folder")
+        raise ValueError(f"{option}: {text}: the folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise ValueError(f"{option}: {text}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option}: {text}: permission denied; choose a file you can write")
+    return path
+
+
+def _write_error(option: str, path: Path, error: OSError) -> ValueError:
+    return ValueError(f"{option}: {path}: cannot write ({error.strerror or error})")
+
+
 def cmd_sample(args) -> int:
-    if Path(args.output).is_dir():
-        raise ValueError(f"-o/--output: {args.output} is a directory; give a file name")
-    if Path(args.output).suffix not in (".npy", ".npz", ".csv"):
+    out = _output_file(args.output)
+    if out.suffix not in (".npy", ".npz", ".csv"):
         raise ValueError(f"-o/--output: {args.output}: expected a .npy, .npz or .csv file name")
     model = _load_model(args.model)
     _check_memory(args.n * sum(layer.dim for layer in model.layers) * 8, f"-n {args.n}")
     samples = model.sample(args.n, generator=args.seed)
     arrays = {"x": samples[0].cpu().numpy()}
     arrays.update({f"z{l}": z.cpu().numpy() for l, z in enumerate(samples[1:], start=1)})
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        np.save(out, arrays["x"])
-    elif out.suffix == ".npz":
-        np.savez(out, **arrays)
-    elif out.suffix == ".csv":
-        np.savetxt(out, arrays["x"], delimiter=",", fmt="%.6g")
-    else:
-        raise ValueError(f"-o/--output: {out}: expected a .npy, .npz or .csv file name")
+    try:
+        if out.suffix == ".npy":
+            np.save(out, arrays["x"])
+        elif out.suffix == ".npz":
+            np.savez(out, **arrays)
+        else:
+            np.savetxt(out, arrays["x"], delimiter=",", fmt="%.6g")
+    except OSError as error:  # what the checks above cannot see: a read-only file system, ...
+        raise _write_error("-o/--output", out, error) from None
     print(f"wrote {args.n} samples of {model.describe()} to {out}")
     return 0
 
@@ -712,10 +735,14 @@ def cmd_data_offline(args) -> int:
 def cmd_data_patches(args) -> int:
     from ddchm.data import image_patches
 
+    out = _output_file(args.output)
     patches, transform = image_patches(
         args.n, patch_size=args.patch_size, whiten=args.whiten, seed=args.seed
     )
-    np.save(args.output, patches)
+    try:
+        np.save(out, patches)
+    except OSError as error:
+        raise _write_error("-o/--output", out, error) from None
     print(f"wrote {patches.shape[0]} patches of {patches.shape[1]} values to {args.output}")
     return 0
 
@@ -973,8 +1000,10 @@ def _main(argv) -> int:
         print(f"ddchm: error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
     except (ValueError, TypeError, OSError, CheckpointError, DownloadError) as error:
-        # expected failures (bad config, data, paths, checkpoints, no network): one line
-        print(f"ddchm: error: {' '.join(str(error).split())}", file=sys.stderr)
+        # expected failures (bad config, data, paths, checkpoints, no network): one line,
+        # from one process under torchrun (every process meets the same error)
+        if _lead_process():
+            print(f"ddchm: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except MemoryError as error:
         detail = f" ({' '.join(str(error).split())[:200]})" if str(error) else ""
@@ -990,6 +1019,14 @@ def _main(argv) -> int:
     except _Terminated:
         print("ddchm: terminated (SIGTERM) outside training: nothing to save", file=sys.stderr)
         return EXIT_SIGTERM
+
+
+def _lead_process() -> bool:
+    """Whether this process speaks for the run: rank 0 under torchrun (its RANK variable, set
+    before any process group exists), the only process otherwise."""
+    import os
+
+    return os.environ.get("RANK", "0").strip() in ("0", "")
 
 
 def entry() -> None:

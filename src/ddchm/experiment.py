@@ -665,6 +665,30 @@ def run(
     }
 
 
+def check_run_config(run_dir: Path, saved: dict) -> None:
+    """ConfigError naming each setting in which ``run_dir``'s ``config.toml`` differs from the
+    config its checkpoint recorded (``saved``), leaving out those that may change on resuming
+    (:data:`RESUMABLE`). A run is loaded with the checkpoint's config; an edited config.toml
+    would otherwise be ignored without a word. Nothing to check without a config.toml."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        return
+    written = load_config(path)
+    filled = {
+        section: {**DEFAULTS.get(section, {}), **values}  # older checkpoints lack newer keys
+        for section, values in saved.items()
+        if isinstance(values, dict)
+    }
+    changed = config_differences(filled, written)
+    if changed:
+        raise ConfigError(
+            f"{path}: differs from the config the run's checkpoint was trained with "
+            f"({'; '.join(changed)}; checkpoint -> config.toml); the run is measured with the "
+            "checkpoint's, so restore config.toml, or train the new settings in another run "
+            "directory (ddchm train CONFIG --out NEW)"
+        )
+
+
 # --- a run directory, back in Python --------------------------------------------------------
 @dataclass
 class Run:
@@ -692,7 +716,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     its model and algorithm restored from ``checkpoint.pt``. Works from any directory.
 
     Raises FileNotFoundError (no checkpoint there), CheckpointError (damaged, unsafe, or
-    written without a config) or ConfigError (the data changed since the run).
+    written without a config) or ConfigError (the data changed since the run, or the run's
+    ``config.toml`` no longer says what its checkpoint was trained with: :func:`check_run_config`).
     """
     from ddchm.train import (
         CHECKPOINT,
@@ -713,6 +738,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
             "its data cannot be rebuilt; train it with `ddchm train CONFIG` or "
             "ddchm.experiment.run(config, out_dir)"
         )
+    check_run_config(path, config)
     data = build_data(config["data"])
     check_same_data(path, state, data_fingerprint(data), config, EVALUATING)
     model = build_model(config["model"], data)

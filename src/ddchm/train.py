@@ -206,6 +206,12 @@ def prepare_run_directory(out: Path, probe_name: str = ".write-test") -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file; the run directory must be a folder")
+    blocking = next((p for p in out.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(
+            f"{out}: {blocking} is a file, not a folder, so the run directory cannot be made "
+            "there; choose another --out"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / probe_name
@@ -214,6 +220,11 @@ def prepare_run_directory(out: Path, probe_name: str = ".write-test") -> None:
     except PermissionError as error:
         raise PermissionError(
             f"{out}: cannot write in the run directory ({error.strerror}); choose another --out"
+        ) from None
+    except OSError as error:  # a read-only file system, a full disk, a name too long, ...
+        raise OSError(
+            f"{out}: cannot make or write the run directory ({error.strerror}); choose another "
+            "--out"
         ) from None
 
 

@@ -489,8 +489,9 @@ def cmd_compare(args) -> int:
         metrics=columns,
         data_samples=data_samples,
         notes=(
-            "Every run had the same CPU-second budget of one thread (`cpu_time`; wall-clock "
-            "`time` beside it). `log p(x) [...]`: held-out log-likelihood of the final model, "
+            f"Every run had the same CPU-second budget on {_thread_count()} (`cpu_time`; "
+            "wall-clock `time` beside it). `log p(x) [...]`: held-out log-likelihood of the "
+            "final model, "
             "nats per point, by the estimator in brackets (exact enumeration; AIS; IS through "
             f"a proposal fitted to each model the same way); protocol: {protocol}; it took "
             f"{np.mean(eval_cpu):.0f} CPU s per run (`eval_cpu_s` in comparison.json). "
@@ -935,6 +936,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_data_patches)
     _with_defaults(parser)
     return parser
+
+
+def _thread_count() -> str:
+    import torch
+
+    n = torch.get_num_threads()
+    return "one thread" if n == 1 else f"{n} threads"
 
 
 def _threads(requested: int | None) -> int:

@@ -4,4 +4,4 @@ CPU time many times over (README, "Threads")."""
 
 from ddchm.threads import use_threads
 
-use_threads()  # before any test's torch work, so the inter-op pool is set too
+use_threads(interop=True)  # before any test's torch work, so the inter-op pool is sized too

@@ -70,6 +70,13 @@ def test_use_threads_sets_torch_and_refuses_nonsense(restore_threads):
             use_threads(bad)
 
 
+def test_interop_threads_are_asked_for_once_and_a_second_ask_is_harmless(restore_threads):
+    # conftest sized the pool; torch refuses (older torch: aborts) a second size
+    pool = torch.get_num_interop_threads()
+    assert use_threads(2, interop=True) == 2 and use_threads(3, interop=True) == 3
+    assert torch.get_num_threads() == 3 and torch.get_num_interop_threads() == pool
+
+
 def test_config_threads_are_checked_and_applied_by_run(tmp_path, restore_threads):
     with pytest.raises(ConfigError, match="train.threads"):
         small(threads=0)

@@ -998,7 +998,8 @@ def _main(argv) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    use_threads(getattr(args, "threads", None))  # train: its config's train.threads then wins
+    # before any torch work, so the inter-op pool is sized too; train: train.threads then wins
+    use_threads(getattr(args, "threads", None), interop=True)
     try:
         return args.func(args)
     except TrainingInterrupted as stop:

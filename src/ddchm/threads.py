@@ -24,18 +24,27 @@ def default_threads() -> int:
     return int(text) if text.isdigit() and int(text) >= 1 else 1
 
 
-def use_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads to ``threads`` (None: :func:`default_threads`) and, while
-    torch still allows it (before its first parallel work), its inter-op threads too; returns
-    the number set. ValueError for anything but an integer >= 1."""
+_INTEROP_SET = False  # torch takes the inter-op thread count once per process
+
+
+def use_threads(threads: int | None = None, *, interop: bool = False) -> int:
+    """Set torch's intra-op threads to ``threads`` (None: :func:`default_threads`); returns the
+    number set. ValueError for anything but an integer >= 1.
+
+    ``interop``: also size the inter-op pool, the first time it is asked for in the process.
+    torch allows that once, and only before its first parallel work (a second try raises, or
+    on older torch aborts the process), so only entry points ask: the CLI and tests/conftest.py.
+    """
+    global _INTEROP_SET
     if threads is None:
         threads = default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads: expected an integer >= 1, got {threads!r}")
     torch.set_num_threads(threads)
-    if torch.get_num_interop_threads() != threads:
+    if interop and not _INTEROP_SET:
+        _INTEROP_SET = True
         try:
             torch.set_num_interop_threads(threads)
-        except RuntimeError:  # inter-op work has started: torch fixes the pool once it has
+        except RuntimeError:  # parallel work has started: the pool keeps its size
             pass
     return threads

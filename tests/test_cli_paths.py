@@ -104,3 +104,14 @@ def test_under_torchrun_only_rank_zero_prints_the_error(tmp_path, capsys, monkey
         assert err.count("ddchm: error:") == 1 and "'stepz'" in err
     else:
         assert err == ""
+
+
+def test_a_torch_that_cannot_use_this_numpy_is_one_named_line(capsys, monkeypatch):
+    import torch
+
+    def unavailable(self):  # what torch 2.1 (built against NumPy 1) does under NumPy 2
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", unavailable)
+    assert main(["data", "list"]) == EXIT_USER_ERROR
+    assert "install numpy<2 beside it" in error_line(capsys)

@@ -1000,6 +1000,10 @@ def _main(argv) -> int:
     args = parser.parse_args(argv)
     # before any torch work, so the inter-op pool is sized too; train: train.threads then wins
     use_threads(getattr(args, "threads", None), interop=True)
+    problem = _numpy_bridge_problem()
+    if problem:
+        print(f"ddchm: error: {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         return args.func(args)
     except TrainingInterrupted as stop:
@@ -1028,6 +1032,21 @@ def _main(argv) -> int:
     except _Terminated:
         print("ddchm: terminated (SIGTERM) outside training: nothing to save", file=sys.stderr)
         return EXIT_SIGTERM
+
+
+def _numpy_bridge_problem() -> str | None:
+    """Why torch cannot hand arrays to NumPy here, or None: a torch older than 2.3 was built
+    against NumPy 1 and cannot use NumPy 2, which a fresh install beside it resolves to."""
+    import torch
+
+    try:
+        torch.zeros(1).numpy()
+    except RuntimeError:
+        return (
+            f"torch {torch.__version__} cannot use numpy {np.__version__} (torch before 2.3 was "
+            "built against NumPy 1); install numpy<2 beside it: pip install 'numpy<2'"
+        )
+    return None
 
 
 def _lead_process() -> bool:

@@ -1,10 +1,13 @@
 """Command line: ``ddchm train | evaluate | compare | sample | data``.
 
-ddchm train [CONFIG] [--out DIR] [--steps N] [--seed S] [--device D]
+ddchm train [CONFIG] [--out DIR] [--steps N] [--seed S] [--device D] [--threads N]
 ddchm evaluate RUN_DIR [--points N] [--particles K] [--ais] [--ais-steps T] [--ais-chains C]
-               [--ais-points M] [--min-ess E]
+               [--ais-points M] [--min-ess E] [--threads N]
 ddchm sample MODEL -n N --seed S -o FILE      MODEL: a synthetic truth or a run directory
 ddchm data list
+
+Every command that computes runs torch on --threads threads (default: $OMP_NUM_THREADS, else 1;
+ddchm.threads says why).
 """
 
 from __future__ import annotations
@@ -49,14 +52,19 @@ def cmd_train(args) -> int:
         overrides.setdefault("train", {})["seed"] = args.seed
     if args.device is not None:
         overrides.setdefault("train", {})["device"] = args.device
+    if args.threads is not None:
+        overrides.setdefault("train", {})["threads"] = args.threads
     config = load_config(args.config, overrides)
     out = _run_directory(args.out)
     if out is None:
         name = Path(args.config).stem if args.config else "default"
         out = Path("runs") / f"{name}-{config['algorithm']['name']}-seed{config['train']['seed']}"
+    length, budget = f"{config['train']['steps']} steps", config["train"]["max_cpu_seconds"]
+    if budget is not None:
+        length = f"{budget:g} CPU s (at most {length})"
     print(
         f"ddchm train: {config['algorithm']['name']} on {_describe_data(config['data'])}, "
-        f"{config['train']['steps']} steps -> {out}"
+        f"{length} -> {out}"
     )
     phase = _requested_wake_phase(config["algorithm"])
     if config["algorithm"]["name"] == "ddc" and phase:  # an unknown one is refused next
@@ -76,7 +84,8 @@ def cmd_train(args) -> int:
 
 
 def _train_figures(result: dict, out: Path) -> list[Path]:
-    """learning_curve.png (each held-out figure against CPU time and steps) and samples.png
+    """learning_curve.png (the first held-out figure of nll_gap, test_nll, mmd2 against CPU
+    time and steps; a log axis where its positive values span two decades) and samples.png
     (the model's samples beside held-out data)."""
     from ddchm.evaluate.plots import Y_LABELS, plot_learning_curves, plot_samples, save_figure
 
@@ -91,6 +100,8 @@ def _train_figures(result: dict, out: Path) -> list[Path]:
                 metric,
                 x_axes=("cpu_time", "step"),
                 ylabel=Y_LABELS[metric],
+                log_x=_spans_decades(curve["step"]),
+                log_y=metric != "test_nll" and _spans_decades(curve[metric], everywhere=True),
             )
             written.append(save_figure(fig, out / "learning_curve.png"))
             break
@@ -104,6 +115,15 @@ def _train_figures(result: dict, out: Path) -> list[Path]:
     )
     written.append(save_figure(fig, out / "samples.png"))
     return written
+
+
+def _spans_decades(values, decades: float = 2.0, everywhere: bool = False) -> bool:
+    """Whether the positive ``values`` (at least 3; with ``everywhere``, all of them positive)
+    span ``decades`` powers of ten: a log axis then shows them better than a linear one."""
+    positive = [v for v in values if v > 0]
+    if len(positive) < 3 or (everywhere and len(positive) < len(values)):
+        return False
+    return math.log10(max(positive) / min(positive)) >= decades
 
 
 def _stderr(prefix: str):
@@ -414,8 +434,6 @@ COMPACT = ("nll_gap", "test_nll", "mmd2", "posterior_mae")  # what a reader comp
 def cmd_compare(args) -> int:
     """Train each algorithm with each seed on one config at a matched CPU budget; write a
     compact table (all final metrics in comparison.json) and figures."""
-    import torch
-
     from ddchm.evaluate.report import write_comparison
     from ddchm.experiment import ALGORITHMS, load_config, run
     from ddchm.reproduce import SHARED
@@ -443,7 +461,6 @@ def cmd_compare(args) -> int:
     out = Path(
         args.out or Path("runs") / f"compare-{Path(args.config).stem if args.config else 'default'}"
     )
-    torch.set_num_threads(1)  # CPU seconds then measure one core's work, the same for all
     budget = args.cpu_seconds or base["train"]["max_cpu_seconds"]
     results, first_cpu, data_samples, phases = {}, {}, None, {}
     for index, name in enumerate(algorithms):
@@ -456,6 +473,8 @@ def cmd_compare(args) -> int:
                 config = load_config(config)
             if args.steps:
                 config["train"]["steps"] = args.steps
+            if args.threads is not None:  # the same for every run: CPU seconds stay comparable
+                config["train"]["threads"] = args.threads
             cap = budget if budget is not None else first_cpu.get(seed)
             if cap is not None:  # matched budget: the step count only guards against runaways
                 config["train"]["max_cpu_seconds"] = cap
@@ -536,8 +555,9 @@ def cmd_compare(args) -> int:
         metrics=columns,
         data_samples=data_samples,
         notes=(
-            "Every run had the same CPU-second budget of one thread (`cpu_time`; wall-clock "
-            "`time` beside it). `log p(x) [...]`: held-out log-likelihood of the final model, "
+            f"Every run had the same CPU-second budget on {_thread_count()} (`cpu_time`; "
+            "wall-clock `time` beside it). `log p(x) [...]`: held-out log-likelihood of the "
+            "final model, "
             "nats per point, by the estimator in brackets (exact enumeration; AIS; IS through "
             f"a proposal fitted to each model the same way); protocol: {protocol}; it took "
             f"{np.mean(eval_cpu):.0f} CPU s per run (`eval_cpu_s` in comparison.json). "
@@ -611,7 +631,9 @@ def cmd_reproduce(args) -> int:
     from ddchm.reproduce import reproduce
 
     out = Path(args.out or Path("runs") / ("reproduce-quick" if args.quick else "reproduce"))
-    tables = reproduce(args.setting, out, seeds=args.seeds, quick=args.quick)
+    tables = reproduce(
+        args.setting, out, seeds=args.seeds, quick=args.quick, threads=_threads(args.threads)
+    )
     for path in tables.values():
         print(path.read_text())
     print(f"tables and figures in {out}")
@@ -649,26 +671,49 @@ def _checkpoint_model(path: Path):
     return model, state
 
 
+def _output_file(text: str, option: str = "-o/--output") -> Path:
+    """``text`` as a file to write, checked before any work: its folder must exist (no folder
+    is made that the user did not ask for) and be writable; ValueError naming ``option``."""
+    import os
+
+    path = Path(text)
+    if path.is_dir():
+        raise ValueError(f"{option}: {text} is a directory; give a file name")
+    folder = path.parent
+    if not folder.exists():
+        blocking = next((p for p in folder.parents if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise ValueError(f"{option}: {text}: {blocking} is a file, not a folder")
+        raise ValueError(f"{option}: {text}: the folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise ValueError(f"{option}: {text}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option}: {text}: permission denied; choose a file you can write")
+    return path
+
+
+def _write_error(option: str, path: Path, error: OSError) -> ValueError:
+    return ValueError(f"{option}: {path}: cannot write ({error.strerror or error})")
+
+
 def cmd_sample(args) -> int:
-    if Path(args.output).is_dir():
-        raise ValueError(f"-o/--output: {args.output} is a directory; give a file name")
-    if Path(args.output).suffix not in (".npy", ".npz", ".csv"):
+    out = _output_file(args.output)
+    if out.suffix not in (".npy", ".npz", ".csv"):
         raise ValueError(f"-o/--output: {args.output}: expected a .npy, .npz or .csv file name")
     model = _load_model(args.model)
     _check_memory(args.n * sum(layer.dim for layer in model.layers) * 8, f"-n {args.n}")
     samples = model.sample(args.n, generator=args.seed)
     arrays = {"x": samples[0].cpu().numpy()}
     arrays.update({f"z{l}": z.cpu().numpy() for l, z in enumerate(samples[1:], start=1)})
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        np.save(out, arrays["x"])
-    elif out.suffix == ".npz":
-        np.savez(out, **arrays)
-    elif out.suffix == ".csv":
-        np.savetxt(out, arrays["x"], delimiter=",", fmt="%.6g")
-    else:
-        raise ValueError(f"-o/--output: {out}: expected a .npy, .npz or .csv file name")
+    try:
+        if out.suffix == ".npy":
+            np.save(out, arrays["x"])
+        elif out.suffix == ".npz":
+            np.savez(out, **arrays)
+        else:
+            np.savetxt(out, arrays["x"], delimiter=",", fmt="%.6g")
+    except OSError as error:  # what the checks above cannot see: a read-only file system, ...
+        raise _write_error("-o/--output", out, error) from None
     print(f"wrote {args.n} samples of {model.describe()} to {out}")
     return 0
 
@@ -758,10 +803,14 @@ def cmd_data_offline(args) -> int:
 def cmd_data_patches(args) -> int:
     from ddchm.data import image_patches
 
+    out = _output_file(args.output)
     patches, transform = image_patches(
         args.n, patch_size=args.patch_size, whiten=args.whiten, seed=args.seed
     )
-    np.save(args.output, patches)
+    try:
+        np.save(out, patches)
+    except OSError as error:
+        raise _write_error("-o/--output", out, error) from None
     print(f"wrote {patches.shape[0]} patches of {patches.shape[1]} values to {args.output}")
     return 0
 
@@ -816,6 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="minibatch and algorithm seed (sets train.seed)"
     )
     p.add_argument("--device", default=None, help="cpu, cuda or auto (sets train.device)")
+    _add_threads_argument(p, sets="train.threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--no-quality",
@@ -870,6 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--permutations", type=int, default=100, help="MMD permutation test size (0: no p-value)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    _add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
@@ -896,6 +947,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="output folder (default runs/compare-CONFIG)")
     _add_evaluation_arguments(p, ais_default=True)
+    _add_threads_argument(p, sets="train.threads of every run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
 
@@ -904,9 +956,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's settings (synthetic, patches, MNIST): every method, matched CPU budget",
         description="Train DDC-HM and every applicable baseline (wake-sleep, RWS, VIMCO; VAE and "
         "IWAE on continuous latents) with the same architecture and data, for the same CPU "
-        "seconds of one thread, over several seeds; measure log-likelihood and MMD on held-out "
+        "seconds, over several seeds; measure log-likelihood and MMD on held-out "
         "data; write SETTING/table.md, results.json and figures under --out. Runs one process "
-        "with one torch thread. Configs: src/ddchm/configs/reproduce/.",
+        "with --threads torch threads (default one). Configs: src/ddchm/configs/reproduce/.",
     )
     p.add_argument(
         "setting", choices=["synthetic", "patches", "mnist", "all"], help="which setting(s) to run"
@@ -918,6 +970,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per method (paired)")
     p.add_argument("--out", default=None, help="output folder (default runs/reproduce[-quick])")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("sample", help="draw samples from a truth or a trained model")
@@ -925,6 +978,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws")
     p.add_argument("-o", "--output", required=True, help=".npy (x), .npz (every layer) or .csv")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("data", help="data sets")
@@ -972,6 +1026,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _thread_count() -> str:
+    import torch
+
+    n = torch.get_num_threads()
+    return "one thread" if n == 1 else f"{n} threads"
+
+
+def _threads(requested: int | None) -> int:
+    from ddchm.threads import default_threads
+
+    return default_threads() if requested is None else requested
+
+
+def _add_threads_argument(p, sets: str | None = None) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"torch CPU threads{f' (sets {sets})' if sets else ''}, per process under "
+        "torchrun; default $OMP_NUM_THREADS, else 1: the models are small, and on a shared "
+        "machine more threads cost more CPU seconds than they save (README, Threads)",
+    )
+
+
 class _Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` hides it
     """SIGTERM outside a training run's own handling (e.g. while the data load)."""
 
@@ -1002,10 +1081,17 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     from ddchm.data.download import DownloadError
+    from ddchm.threads import use_threads
     from ddchm.train import CheckpointError, DivergenceError, TrainingInterrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # before any torch work, so the inter-op pool is sized too; train: train.threads then wins
+    use_threads(getattr(args, "threads", None), interop=True)
+    problem = _numpy_bridge_problem()
+    if problem:
+        print(f"ddchm: error: {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         return args.func(args)
     except TrainingInterrupted as stop:
@@ -1015,8 +1101,10 @@ def _main(argv) -> int:
         print(f"ddchm: error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
     except (ValueError, TypeError, OSError, CheckpointError, DownloadError) as error:
-        # expected failures (bad config, data, paths, checkpoints, no network): one line
-        print(f"ddchm: error: {' '.join(str(error).split())}", file=sys.stderr)
+        # expected failures (bad config, data, paths, checkpoints, no network): one line,
+        # from one process under torchrun (every process meets the same error)
+        if _lead_process():
+            print(f"ddchm: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except MemoryError as error:
         detail = f" ({' '.join(str(error).split())[:200]})" if str(error) else ""
@@ -1032,6 +1120,29 @@ def _main(argv) -> int:
     except _Terminated:
         print("ddchm: terminated (SIGTERM) outside training: nothing to save", file=sys.stderr)
         return EXIT_SIGTERM
+
+
+def _numpy_bridge_problem() -> str | None:
+    """Why torch cannot hand arrays to NumPy here, or None: a torch older than 2.3 was built
+    against NumPy 1 and cannot use NumPy 2, which a fresh install beside it resolves to."""
+    import torch
+
+    try:
+        torch.zeros(1).numpy()
+    except RuntimeError:
+        return (
+            f"torch {torch.__version__} cannot use numpy {np.__version__} (torch before 2.3 was "
+            "built against NumPy 1); install numpy<2 beside it: pip install 'numpy<2'"
+        )
+    return None
+
+
+def _lead_process() -> bool:
+    """Whether this process speaks for the run: rank 0 under torchrun (its RANK variable, set
+    before any process group exists), the only process otherwise."""
+    import os
+
+    return os.environ.get("RANK", "0").strip() in ("0", "")
 
 
 def entry() -> None:

@@ -97,6 +97,12 @@ def optional_integer(minimum: int) -> Callable:
     return lambda value, name: None if value is None else inner(value, name)
 
 
+def boolean(value, name):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
 def device(value, name):
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         raise ConfigError(f"{name}: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
@@ -180,10 +186,12 @@ SCHEMA: dict[str, dict[str, Callable]] = {
         "seed": integer(0),
         "log_every": integer(1),
         "eval_every": integer(1),
+        "eval_early": boolean,
         "checkpoint_every": integer(1),
         "max_seconds": real(0, strict=True, optional=True),
         "max_cpu_seconds": real(0, strict=True, optional=True),
         "device": device,
+        "threads": optional_integer(1),
     },
     "evaluate": {"points": integer(1), "posterior_points": integer(1)},
 }

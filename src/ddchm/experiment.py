@@ -6,8 +6,9 @@ that name the key, because a misspelt hyper-parameter that is silently ignored w
     [data]       source = "synthetic" | "array" | "mnist" | "patches", and its options
     [model]      layers (top first) or architecture = "truth"; init_scale; seed; dtype
     [algorithm]  name = "ddc" | "ws" | "rws" | "vimco" | "vae" | "iwae", then its own arguments
-    [train]      steps, batch_size, seed, log_every, eval_every, checkpoint_every,
-                 max_seconds (wall-clock budget), max_cpu_seconds (CPU-time budget), device
+    [train]      steps, batch_size, seed, log_every, eval_every, eval_early, checkpoint_every,
+                 max_seconds (wall-clock budget), max_cpu_seconds (CPU-time budget), device,
+                 threads (torch's CPU threads per process; default $OMP_NUM_THREADS, else 1)
     [evaluate]   points (the held-out protocol: how many test points every log-likelihood
                  and MMD of the run uses, in training, in its summary and in `ddchm evaluate`),
                  posterior_points
@@ -73,10 +74,12 @@ DEFAULTS = {
         "seed": 0,
         "log_every": 50,
         "eval_every": 500,
+        "eval_early": False,  # also at steps 1, 2, 5, 10, 20, 50, ... below eval_every
         "checkpoint_every": 500,
         "max_seconds": None,
         "max_cpu_seconds": None,
         "device": "auto",
+        "threads": None,  # torch CPU threads; None: $OMP_NUM_THREADS, else 1 (ddchm.threads)
     },
     "evaluate": {"points": 500, "posterior_points": 500},
 }
@@ -417,10 +420,12 @@ RESUMABLE = {
         "steps",
         "log_every",
         "eval_every",
+        "eval_early",
         "checkpoint_every",
         "max_seconds",
         "max_cpu_seconds",
         "device",
+        "threads",
     },
     "evaluate": {"posterior_points"},  # not evaluate.points: one held-out protocol per run
 }
@@ -502,7 +507,8 @@ def check_resume(out_dir: str | Path, config: dict, data: dict | None = None) ->
                 f"{path}: this run was made with a different config, so it cannot be resumed "
                 f"with this one ({'; '.join(changed)}). Use the original settings to resume, or "
                 "another run directory (--out) for the new ones. Only train.steps, log_every, "
-                "eval_every, checkpoint_every, max_seconds, max_cpu_seconds, device and "
+                "eval_every, eval_early, checkpoint_every, max_seconds, max_cpu_seconds, device, "
+                "threads and "
                 "evaluate.posterior_points may change on resuming."
             )
     if data is not None:
@@ -536,6 +542,15 @@ def check_same_data(path: Path, state: dict, fingerprint: dict, config: dict, wh
         raise ConfigError(
             f"{path}: the data changed {since} ({'; '.join(changed)}; data: {where}), so "
             f"{consequence}"
+        )
+
+
+def check_batch_size(batch_size: int, train: torch.Tensor) -> None:
+    """ConfigError when a minibatch would need more rows than the training split has."""
+    if batch_size > train.shape[0]:
+        raise ConfigError(
+            f"train.batch_size: {batch_size} is more than the {train.shape[0]} training points; "
+            f"use at most {train.shape[0]} (or more data)"
         )
 
 
@@ -579,6 +594,9 @@ def run(
     :func:`check_resume`). ``curve_points``: with a CPU-time budget (``train.max_cpu_seconds``),
     also evaluate every budget / ``curve_points`` CPU seconds, so the learning curve has at
     least that many points besides the start, whatever ``train.eval_every``."""
+    from ddchm.threads import use_threads
+
+    use_threads(config["train"]["threads"])  # per process, under torchrun too
     device = resolve_device(config["train"]["device"])
     from ddchm import distributed  # torchrun: join the group; on CUDA, this rank's device
 
@@ -586,6 +604,7 @@ def run(
     # the config is checked before the data are built (a config error is cheap), the data after
     resumed = check_resume(out_dir, config) if out_dir is not None else None
     data = build_data(config["data"])
+    check_batch_size(config["train"]["batch_size"], data["train"])
     fingerprint = data_fingerprint(data)
     if out_dir is not None:
         from ddchm.train import CHECKPOINT, prepare_run_directory
@@ -621,6 +640,7 @@ def run(
         checkpoint_every=train_cfg["checkpoint_every"],
         evaluate=evaluator,
         eval_every=train_cfg["eval_every"],
+        eval_early=train_cfg["eval_early"],
         progress=progress,
         extra_state={"config": config, "data_fingerprint": fingerprint},
         max_seconds=train_cfg["max_seconds"],
@@ -643,6 +663,30 @@ def run(
         "truth_nll": evaluator.truth_nll,
         "rank": rank,  # data-parallel: only rank 0 reports and writes figures
     }
+
+
+def check_run_config(run_dir: Path, saved: dict) -> None:
+    """ConfigError naming each setting in which ``run_dir``'s ``config.toml`` differs from the
+    config its checkpoint recorded (``saved``), leaving out those that may change on resuming
+    (:data:`RESUMABLE`). A run is loaded with the checkpoint's config; an edited config.toml
+    would otherwise be ignored without a word. Nothing to check without a config.toml."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        return
+    written = load_config(path)
+    filled = {
+        section: {**DEFAULTS.get(section, {}), **values}  # older checkpoints lack newer keys
+        for section, values in saved.items()
+        if isinstance(values, dict)
+    }
+    changed = config_differences(filled, written)
+    if changed:
+        raise ConfigError(
+            f"{path}: differs from the config the run's checkpoint was trained with "
+            f"({'; '.join(changed)}; checkpoint -> config.toml); the run is measured with the "
+            "checkpoint's, so restore config.toml, or train the new settings in another run "
+            "directory (ddchm train CONFIG --out NEW)"
+        )
 
 
 # --- a run directory, back in Python --------------------------------------------------------
@@ -672,7 +716,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     its model and algorithm restored from ``checkpoint.pt``. Works from any directory.
 
     Raises FileNotFoundError (no checkpoint there), CheckpointError (damaged, unsafe, or
-    written without a config) or ConfigError (the data changed since the run).
+    written without a config) or ConfigError (the data changed since the run, or the run's
+    ``config.toml`` no longer says what its checkpoint was trained with: :func:`check_run_config`).
     """
     from ddchm.train import (
         CHECKPOINT,
@@ -693,6 +738,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
             "its data cannot be rebuilt; train it with `ddchm train CONFIG` or "
             "ddchm.experiment.run(config, out_dir)"
         )
+    check_run_config(path, config)
     data = build_data(config["data"])
     check_same_data(path, state, data_fingerprint(data), config, EVALUATING)
     model = build_model(config["model"], data)

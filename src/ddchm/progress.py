@@ -4,6 +4,9 @@ A tqdm bar redraws itself with carriage returns, which in a log file (a batch jo
 redirect) piles up hundreds of updates on one line. :func:`progress_bar` gives the bar when
 stderr is a terminal and otherwise a :class:`LineProgress`: a plain line every ``interval``
 seconds and one at the end, with the same ``update`` / ``set_postfix`` / ``close`` calls.
+
+A bar counts steps by default; :func:`cpu_budget_bar` counts CPU seconds of a budget instead
+("12.3/25 CPU s"), for a run that stops on its CPU time rather than on a step count.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ LINE_INTERVAL = 30.0  # seconds between two progress lines in a log
 
 
 class LineProgress:
-    """``desc: n/total (p%), elapsed s[, postfix]`` on ``file`` at most every ``interval``
-    seconds, and once more at :meth:`close` (if anything moved since the last line)."""
+    """``desc: n/total[ unit] (p%), elapsed s[, postfix]`` on ``file`` at most every
+    ``interval`` seconds, and once more at :meth:`close` (if anything moved since the last
+    line). With a ``unit`` the counts are amounts (one decimal), not items."""
 
     def __init__(
         self,
@@ -30,8 +34,9 @@ class LineProgress:
         disable: bool = False,
         file=None,
         interval: float = LINE_INTERVAL,
+        unit: str = "",
     ):
-        self.iterable, self.desc, self.disable = iterable, desc, disable
+        self.iterable, self.desc, self.disable, self.unit = iterable, desc, disable, unit
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.n, self.file, self.interval = total, initial, file, interval
@@ -45,12 +50,12 @@ class LineProgress:
             self.update(1)
         self.close()
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: float = 1) -> None:
         self.n += n
         if not self.disable and time.monotonic() - self.last_time >= self.interval:
             self._line()
 
-    def set_postfix(self, values: dict | None = None, **kwargs) -> None:
+    def set_postfix(self, values: dict | None = None, refresh: bool = True, **kwargs) -> None:
         items = {**(values or {}), **kwargs}
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
@@ -60,7 +65,10 @@ class LineProgress:
         self.disable = True
 
     def _line(self) -> None:
-        done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
+        if self.unit:
+            done = f"{self.n:.1f}/{self.total:g} {self.unit}" if self.total else f"{self.n:.1f}"
+        else:
+            done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         elapsed = time.monotonic() - self.start
         tail = f", {self.postfix}" if self.postfix else ""
@@ -77,5 +85,21 @@ def progress_bar(iterable: Iterable | None = None, **kwargs):
     ``total``, ``initial``, ``desc``, ``disable``; tqdm-only ones are ignored there)."""
     if sys.stderr.isatty():
         return tqdm(iterable, **kwargs)
-    known = {k: kwargs[k] for k in ("total", "initial", "desc", "disable") if k in kwargs}
+    known = {k: kwargs[k] for k in ("total", "initial", "desc", "disable", "unit") if k in kwargs}
     return LineProgress(iterable, **known)
+
+
+CPU_UNIT = "CPU s"
+
+
+def cpu_budget_bar(budget: float, spent: float = 0.0, **kwargs):
+    """A :func:`progress_bar` of CPU seconds: ``spent`` of ``budget`` so far; advance it with
+    ``update(seconds)``. The step count belongs in its postfix (``set_postfix(step=...)``)."""
+    return progress_bar(
+        total=budget,
+        initial=min(spent, budget),
+        unit=CPU_UNIT,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} " + CPU_UNIT
+        + " [{elapsed}<{remaining}{postfix}]",
+        **kwargs,
+    )

@@ -52,6 +52,7 @@ from ddchm.evaluate.plots import Y_LABELS, plot_learning_curves, plot_samples, s
 from ddchm.evaluate.quality import is_enumerable, model_quality
 from ddchm.evaluate.report import format_mean_stderr, mean_stderr
 from ddchm.experiment import ConfigError, load_config, run
+from ddchm.threads import use_threads
 from ddchm.train import DivergenceError
 
 SETTINGS = {
@@ -200,9 +201,10 @@ def reference_quality(data: dict, evaluation: dict) -> dict | None:
 
 
 def reproduce_experiment(
-    name: str, out: Path, seeds: int, quick: bool, progress: bool, log=print
+    name: str, out: Path, seeds: int, quick: bool, progress: bool, log=print, threads: int = 1
 ) -> dict:
-    """Every method x seed on one config; returns {'name', 'budget', 'methods': {...}}."""
+    """Every method x seed on one config, each run with ``threads`` torch threads; returns
+    {'name', 'budget', 'methods': {...}}."""
     from ddchm.experiment import build_data, build_model
 
     base = load_config(config_path(name))
@@ -216,6 +218,7 @@ def reproduce_experiment(
         methods[method] = []
         for seed in range(seeds):
             config = method_config(load_config(config_path(name)), method, seed, quick)
+            config["train"]["threads"] = threads
             log(f"[{name}] {method} seed {seed}: {config['train']['max_cpu_seconds']} CPU s")
             record = run_one(config, out / name / f"{method}-seed{seed}", evaluation, seed, False)
             if record["status"] == "ok":
@@ -415,16 +418,22 @@ def write_figures(result: dict, out: Path) -> list[str]:
 
 
 def reproduce(
-    setting: str, out: Path, seeds: int = 3, quick: bool = False, progress: bool = False, log=print
+    setting: str,
+    out: Path,
+    seeds: int = 3,
+    quick: bool = False,
+    progress: bool = False,
+    log=print,
+    threads: int = 1,
 ) -> dict[str, Path]:
     """Run a setting ('synthetic', 'patches', 'mnist' or 'all'); returns {setting: table path}.
 
-    Torch is set to one thread, so CPU seconds measure one core's work."""
+    Torch gets ``threads`` threads (default one, so CPU seconds measure one core's work)."""
     if setting != "all" and setting not in SETTINGS:
         raise ValueError(f"setting: expected one of {[*SETTINGS, 'all']}, got {setting!r}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds: expected an integer >= 1, got {seeds!r}")
-    torch.set_num_threads(1)
+    threads = use_threads(threads)
     out = Path(out)
     written = {}
     for name in SETTINGS if setting == "all" else (setting,):
@@ -435,7 +444,7 @@ def reproduce(
         for experiment in SETTINGS[name]:
             try:
                 results.append(
-                    reproduce_experiment(experiment, folder, seeds, quick, progress, log)
+                    reproduce_experiment(experiment, folder, seeds, quick, progress, log, threads)
                 )
             except (FileNotFoundError, ConfigError, ImportError) as error:
                 raise type(error)(f"reproduce {name}: {experiment}: {error}") from None
@@ -444,7 +453,8 @@ def reproduce(
             "",
             f"`ddchm reproduce {name}{' --quick' if quick else ''} --seeds {seeds}`, "
             f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
-            f"torch {torch.__version__}, one thread; took {time.perf_counter() - tic:.0f} s wall, "
+            f"torch {torch.__version__}, {_threads(threads)}; "
+            f"took {time.perf_counter() - tic:.0f} s wall, "
             f"{time.process_time() - cpu:.0f} CPU s.",
             "",
         ]
@@ -473,3 +483,7 @@ def reproduce(
         log(f"[{name}] table in {table}")
         written[name] = table
     return written
+
+
+def _threads(n: int) -> str:
+    return "one thread" if n == 1 else f"{n} threads"

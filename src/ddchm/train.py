@@ -37,7 +37,7 @@ import torch
 
 from ddchm import distributed
 from ddchm.algorithms.base import Algorithm
-from ddchm.progress import progress_bar
+from ddchm.progress import cpu_budget_bar, progress_bar
 from ddchm.validation import check_positive_int, make_generator
 
 CHECKPOINT = "checkpoint.pt"
@@ -206,6 +206,12 @@ def prepare_run_directory(out: Path, probe_name: str = ".write-test") -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file; the run directory must be a folder")
+    blocking = next((p for p in out.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(
+            f"{out}: {blocking} is a file, not a folder, so the run directory cannot be made "
+            "there; choose another --out"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / probe_name
@@ -214,6 +220,11 @@ def prepare_run_directory(out: Path, probe_name: str = ".write-test") -> None:
     except PermissionError as error:
         raise PermissionError(
             f"{out}: cannot write in the run directory ({error.strerror}); choose another --out"
+        ) from None
+    except OSError as error:  # a read-only file system, a full disk, a name too long, ...
+        raise OSError(
+            f"{out}: cannot make or write the run directory ({error.strerror}); choose another "
+            "--out"
         ) from None
 
 
@@ -431,6 +442,7 @@ def train(
     max_cpu_seconds: float | None = None,
     guard: DivergenceGuard | None = None,
     eval_every_cpu_s: float | None = None,
+    eval_early: bool = False,
 ) -> list[dict]:
     """Run ``algorithm.step`` for ``steps`` minibatches of ``data``; returns the logged records.
 
@@ -443,7 +455,9 @@ def train(
     matched budget stay fair; give the process one thread). Records carry both, as ``time``
     and ``cpu_time``. ``eval_every_cpu_s`` also evaluates each time the training CPU time
     passes another multiple of it (a learning curve with points spread over the budget,
-    whatever ``eval_every``).
+    whatever ``eval_every``). ``eval_early`` also evaluates after steps 1, 2, 5, 10, 20, 50, ...
+    below ``eval_every`` (:func:`early_steps`), for a curve read on a logarithmic step axis,
+    where the first steps often hold most of the change.
 
     Failures: a step that ``guard`` (default :class:`DivergenceGuard`) refuses is undone (model,
     algorithm and data order restored to before it) and :class:`DivergenceError` is raised; no
@@ -563,18 +577,21 @@ def train(
             )
 
         step = start_step
+        early = early_steps(eval_every) if eval_early else frozenset()
         next_cpu_eval = (
             math.inf
             if eval_every_cpu_s is None
             else (math.floor(cpu_elapsed / eval_every_cpu_s) + 1) * eval_every_cpu_s
         )
-        bar = progress_bar(
-            total=steps,
-            initial=start_step,
-            disable=not progress,
-            desc=algorithm.name,
-            dynamic_ncols=True,
-        )
+        # a CPU-budgeted run's bar counts CPU seconds of the budget (its step cap is a guard
+        # against runaways, often far off); the step count rides in the postfix
+        by_cpu = max_cpu_seconds is not None
+        look = {"disable": not progress, "desc": algorithm.name, "dynamic_ncols": True}
+        if by_cpu:
+            bar = cpu_budget_bar(max_cpu_seconds, cpu_elapsed, **look)
+        else:
+            bar = progress_bar(total=steps, initial=start_step, **look)
+        shown: dict = {}  # the last record's figures in the bar
         try:
             if start_step == 0 and not records and evaluate is not None:
                 log({"step": 0, "time": 0.0, "cpu_time": 0.0, **evaluate()})
@@ -608,7 +625,11 @@ def train(
                     rollback()
                     diverged(step + 1, problem, undone=True)
                 step += 1
-                bar.update(1)
+                if by_cpu:
+                    bar.update(min(cpu_elapsed, max_cpu_seconds) - bar.n)
+                    bar.set_postfix({"step": step, **shown}, refresh=False)
+                else:
+                    bar.update(1)
                 record = None
                 last = step == steps or shard.any(out_of_budget())[0]
                 times = {"time": round(elapsed, 4), "cpu_time": round(cpu_elapsed, 4)}
@@ -621,7 +642,8 @@ def train(
                     next_cpu_eval = (
                         math.floor(cpu_elapsed / eval_every_cpu_s) + 1
                     ) * eval_every_cpu_s
-                if evaluate is not None and (step % eval_every == 0 or last or on_cpu_schedule):
+                scheduled = step % eval_every == 0 or step in early or last or on_cpu_schedule
+                if evaluate is not None and scheduled:
                     record = {"step": step, **times, **metrics, **evaluate()}
                     problem = guard.check_evaluation(step, record)
                     if problem is not None:
@@ -630,13 +652,10 @@ def train(
                         diverged(step, problem, undone=False)
                 if record is not None:
                     log(record)
-                    bar.set_postfix(
-                        {
-                            k: f"{v:.4g}"
-                            for k, v in list(record.items())[3:6]
-                            if isinstance(v, float)
-                        }
-                    )
+                    shown = {
+                        k: f"{v:.4g}" for k, v in list(record.items())[3:6] if isinstance(v, float)
+                    }
+                    bar.set_postfix({"step": step, **shown} if by_cpu else shown)
                 if step % checkpoint_every == 0:
                     checkpoint(step)
         finally:
@@ -646,6 +665,15 @@ def train(
             raise TrainingInterrupted(interrupted[0], step, out)
         checkpoint(step)
         return records
+
+
+def early_steps(below: int) -> frozenset[int]:
+    """1, 2, 5, 10, 20, 50, ... up to (not including) ``below``: evenly spaced on a log axis."""
+    steps, decade = set(), 1
+    while decade < below:
+        steps.update(m * decade for m in (1, 2, 5) if m * decade < below)
+        decade *= 10
+    return frozenset(steps)
 
 
 def _read_records(path: Path, upto: int) -> list[dict]:

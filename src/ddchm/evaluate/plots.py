@@ -25,7 +25,7 @@ DPI = 150
 X_LABELS = {
     "step": "training step",
     "time": "training wall-clock time (s)",
-    "cpu_time": "training CPU time (s, one thread)",
+    "cpu_time": "training CPU time (s, all threads)",
 }
 # metrics a reader meets in curves and tables, with their units
 Y_LABELS = {
@@ -120,8 +120,13 @@ def plot_learning_curves(
         metric: the key of the y values, e.g. 'test_nll'.
         x_axes: which x keys get a panel, side by side.
         ylabel, title: labels (default: the metric name).
-        log_x, log_y: logarithmic axes.
+        log_x, log_y: logarithmic axes (points at x <= 0, or y <= 0 on a log y axis, are
+            left out).
         path: save the PNG there.
+
+    Each evaluation is marked where a curve has few enough to tell apart (60 or fewer); the
+    band of one standard error and the legend's "mean ± s.e. across seeds" appear only where
+    there are several seeds.
     """
     if not curves:
         raise ValueError("curves: expected at least one algorithm")
@@ -129,12 +134,21 @@ def plot_learning_curves(
     colors = _colors(curves)
     fig = _new_figure(5.0 * len(x_axes) + 0.5, 4.0)
     axes = fig.subplots(1, len(x_axes), squeeze=False)[0]
+    several = False
     for ax, x_key in zip(axes, x_axes):
         for name, runs in curves.items():
             grid, mean, se, n = aggregate_curves(runs, x_key, metric)
+            keep = np.ones(grid.shape, dtype=bool)  # what a log axis can show
+            if log_x:
+                keep &= grid > 0
+            if log_y:
+                keep &= mean > 0
+            grid, mean, se = grid[keep], mean[keep], se[keep]
             label = f"{name} (n={n} seed{'s' if n != 1 else ''})"
-            ax.plot(grid, mean, color=colors[name], lw=1.8, label=label)
+            marker = "o" if len(grid) <= 60 else None
+            ax.plot(grid, mean, color=colors[name], lw=1.8, marker=marker, ms=3, label=label)
             if n > 1:
+                several = True
                 ax.fill_between(grid, mean - se, mean + se, color=colors[name], alpha=0.25, lw=0)
         ax.set_xlabel(X_LABELS.get(x_key, x_key))
         ax.set_ylabel(ylabel or metric)
@@ -144,7 +158,9 @@ def plot_learning_curves(
             ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
-        ax.legend(fontsize="small", title="mean ± s.e. across seeds", title_fontsize="small")
+    for ax in axes:
+        legend = "mean ± s.e. across seeds" if several else None
+        ax.legend(fontsize="small", title=legend, title_fontsize="small")
     if title:
         fig.suptitle(title)
     if path is not None:

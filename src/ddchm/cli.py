@@ -142,15 +142,17 @@ def heldout_quality(model, data: dict, algorithm, config: dict, **protocol) -> d
     """The run's held-out figures on its protocol (``evaluate.points`` test points, seed 0),
     with ``ddchm evaluate``'s defaults for whatever ``protocol`` does not set: what `train`'s
     summary and `evaluate` report, so they agree. ``n_particles`` None: sized to the model
-    (:func:`~ddchm.evaluate.quality.sized_particles`, ``EVALUATE_WORK``)."""
-    from ddchm.evaluate.quality import EVALUATE_WORK, model_quality, sized_particles
+    (:func:`~ddchm.evaluate.quality.evaluate_particles`)."""
+    from ddchm.evaluate.quality import evaluate_particles, model_quality
 
     settings = {**EVALUATE_DEFAULTS, "n_points": config["evaluate"]["points"], **protocol}
-    if settings["n_particles"] is None:
-        points = min(settings["n_points"], len(data["test"]))
-        if settings.get("is_points"):
-            points = min(points, settings["is_points"])
-        settings["n_particles"] = sized_particles(model, points, EVALUATE_WORK)
+    settings["n_particles"] = evaluate_particles(
+        model,
+        len(data["test"]),
+        settings["n_points"],
+        settings["is_points"],
+        settings["n_particles"],
+    )
     return model_quality(model, data["test"], data["train"], algorithm, **settings)
 
 
@@ -301,7 +303,7 @@ def _summary(result: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from ddchm.evaluate.quality import EVALUATE_WORK, is_enumerable, sized_particles
+    from ddchm.evaluate.quality import evaluate_particles, is_enumerable
     from ddchm.experiment import load_run
 
     run = load_run(args.run_dir)
@@ -325,7 +327,7 @@ def cmd_evaluate(args) -> int:
     exact = is_enumerable(run.model)
     importance = True if args.importance_sampling else None
     m = min(n, args.is_points or n)
-    particles = args.particles or sized_particles(run.model, m, EVALUATE_WORK)
+    particles = evaluate_particles(run.model, n_test, points, args.is_points, args.particles)
     doing = [f"exact log p(x) on {n} of {n_test} held-out points"] if exact else []
     if importance or not exact:
         doing.append(
@@ -596,18 +598,17 @@ LIKELIHOOD_COLUMNS = {
 def _compare_quality(result: dict, args, points: int) -> dict:
     """The final model's held-out log-likelihood by the most trustworthy estimator at hand:
     exact where the latents can be enumerated, else AIS (unless --no-ais) beside IS."""
-    from ddchm.evaluate.quality import EVALUATE_WORK, is_enumerable, model_quality, sized_particles
+    from ddchm.evaluate.quality import evaluate_particles, is_enumerable, model_quality
 
     data, model = result["data"], result["model"]
     exact = is_enumerable(model)
-    n_points = min(points, len(data["test"]))
     return model_quality(
         model,
         data["test"],
         data["train"],
         None,
         n_points=points,
-        n_particles=args.particles or sized_particles(model, n_points, EVALUATE_WORK),
+        n_particles=evaluate_particles(model, len(data["test"]), points, None, args.particles),
         proposal_steps=0 if exact else 500,
         n_permutations=0,
         ais_chains=args.ais_chains if (args.ais and not exact) else 0,

@@ -90,6 +90,22 @@ def sized_particles(model: HierarchicalModel, n_points: int, work: float, most: 
     return int(min(most, max(10, work // max(per_particle, 1))))
 
 
+def evaluate_particles(
+    model: HierarchicalModel,
+    n_test: int,
+    n_points: int,
+    is_points: int | None = None,
+    n_particles: int | None = None,
+) -> int:
+    """The particles a point of ``ddchm evaluate``'s importance sampling: ``n_particles`` where
+    given, else :func:`sized_particles` (``EVALUATE_WORK``) for the points it measures, the
+    first ``is_points`` (None: all) of ``min(n_points, n_test)``."""
+    if n_particles is not None:
+        return n_particles
+    points = min(n_points, n_test, is_points or n_points)
+    return sized_particles(model, points, EVALUATE_WORK)
+
+
 def summary_protocol(model: HierarchicalModel, algorithm, n_points: int) -> dict:
     """:func:`model_quality`'s arguments for a summary that costs little beside training: the
     exact value where the latents can be enumerated and nothing else; otherwise importance
